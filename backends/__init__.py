@@ -1,0 +1,1 @@
+"""Connections to model servers: Triton over gRPC, and OpenAI-compatible HTTP upstreams."""

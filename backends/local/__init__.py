@@ -1,0 +1,1 @@
+"""The embedded demo Triton Inference Server (PyTriton), run as a child process."""

@@ -1,0 +1,113 @@
+"""Start and stop the embedded Triton server as a child process.
+
+PyTriton's Python-backend stub links against the system's ``libpython``. On a pyenv (or any
+non-system) Python that library is the wrong one and model loading fails with
+``'_thread.RLock' object has no attribute '_recursion_count'``, so the child gets
+``LD_LIBRARY_PATH`` pointing at this interpreter's own ``LIBDIR`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free now (Triton cannot bind port 0 and report it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_env(base: dict[str, str]) -> dict[str, str]:
+    env = dict(base)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    # One thread: llama.cpp and OpenMP runtimes are many times slower with two on two cores.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@dataclass
+class LocalTriton:
+    """A running ``python -m backends.local`` child."""
+
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        models: Iterable[str],
+        grpc_port: int = 0,
+        http_port: int = 0,
+        metrics_port: int = 0,
+        env: dict[str, str] | None = None,
+        log_level: str = "WARNING",
+        log_file: os.PathLike[str] | str | None = None,
+    ) -> LocalTriton:
+        ports = [p or free_port() for p in (grpc_port, http_port, metrics_port)]
+        cmd = [
+            sys.executable, "-m", "backends.local",
+            "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
+            "--models", ",".join(models), "--log-level", log_level,
+        ]  # fmt: skip
+        if log_file is not None:
+            cmd += ["--log-file", str(log_file)]
+        proc = subprocess.Popen(cmd, env=child_env(dict(os.environ) if env is None else env))
+        return cls(proc, *ports)
+
+    async def wait_ready(self, models: Iterable[str], timeout_s: float) -> None:
+        """Wait until the server and ``models`` are ready; raise RuntimeError at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        names = list(models)
+        async with grpc.aio.insecure_channel(self.grpc_url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"local Triton exited with status {self.process.returncode}")
+                try:
+                    if (await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2)).ready and all(
+                        [(await stub.ModelReady(service_pb2.ModelReadyRequest(name=n), timeout=2)).ready for n in names]
+                    ):
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"local Triton not ready after {timeout_s:.0f} s")
+                await asyncio.sleep(0.2)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+MODEL_SETS = {
+    "demo": ("smollm2-135m-instruct", "e5-small"),
+    "test": ("echo", "counter", "counter-spare", "broken", "vllm-echo"),
+}

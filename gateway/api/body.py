@@ -1,0 +1,58 @@
+"""Read a request body: content type, size limit, JSON, then schema validation.
+
+Each failure is a ``GatewayError`` with the status a caller can act on: 415 for a body that is
+not JSON by its content type, 413 for one over the limit, 400 for malformed JSON or invalid
+fields, with ``param`` naming the first offending field.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json(request: Request, limit: int) -> object:
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not {media or 'missing'!r}", param="Content-Type"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def validate(model: type[M], data: object) -> M:
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "list"}))]
+        param = ".".join(str(p) for p in loc) or None
+        if err["type"] == "missing":
+            raise InvalidRequest(f"missing required parameter: {param!r}", param=param) from None
+        raise InvalidRequest(f"invalid value for {param!r}: {err['msg']}", param=param) from None

@@ -1,0 +1,28 @@
+"""``POST /v1/embeddings``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api import render
+from gateway.api.body import read_json, validate
+from gateway.api.schemas import EmbeddingRequest
+from gateway.errors import UnprocessableRequest
+from gateway.state import Gateway, json_response
+
+
+async def embeddings(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    body = validate(EmbeddingRequest, await read_json(request, gw.settings.server.max_body_bytes))
+    inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+    if any(not text for text in inputs):
+        raise UnprocessableRequest("input must not contain empty strings", param="input")
+    resolved, result, fallback_used = await gw.router.embed(body.model, inputs)
+    dim = len(result.vectors[0]) if result.vectors else 0
+    if body.dimensions is not None and body.dimensions != dim:
+        raise UnprocessableRequest(
+            f"model {resolved.route.name!r} produces {dim} dimensions, not {body.dimensions}", param="dimensions"
+        )
+    obj = render.embeddings(resolved.route.name, result, body.encoding_format)
+    return json_response(obj, headers=gw.answer_headers(request, resolved.route.name, fallback_used))

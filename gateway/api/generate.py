@@ -1,0 +1,130 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``.
+
+Everything that can be decided is decided before the first byte: the body is validated, the
+route resolved and the generation opened (with fallback) before the response starts. A failure
+after that ends the stream with an error event, then ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from backends.base import Generation, Usage
+from gateway.api import render
+from gateway.api.body import read_json, validate
+from gateway.api.schemas import ChatCompletionRequest, CompletionRequest, passthrough
+from gateway.api.sse import DONE, EventStream, event
+from gateway.errors import GatewayError, UnprocessableRequest
+from gateway.routing import Answer
+from gateway.state import Gateway, json_response
+
+log = logging.getLogger(__name__)
+
+
+async def chat_completions(request: Request) -> Response | EventStream:
+    gw: Gateway = request.app.state.gateway
+    body = validate(ChatCompletionRequest, await read_json(request, gw.settings.server.max_body_bytes))
+    _only_one_choice(body.n)
+    gen = Generation(
+        task="chat",
+        messages=[m.model_dump(exclude_none=True) for m in body.messages],
+        stream=body.stream,
+        max_tokens=body.effective_max_tokens(),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list(),
+        seed=body.seed,
+        passthrough=passthrough(body),
+    )
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _respond(request, gw, render.CHAT, body.model, gen, include_usage)
+
+
+async def completions(request: Request) -> Response | EventStream:
+    gw: Gateway = request.app.state.gateway
+    body = validate(CompletionRequest, await read_json(request, gw.settings.server.max_body_bytes))
+    _only_one_choice(body.n)
+    prompt = body.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise UnprocessableRequest("only one prompt per request is supported", param="prompt")
+        prompt = prompt[0]
+    for name, unsupported in (("echo", body.echo), ("logprobs", body.logprobs is not None),
+                              ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix is not None)):  # fmt: skip
+        if unsupported:
+            raise UnprocessableRequest(f"{name} is not supported", param=name)
+    gen = Generation(
+        task="completion",
+        prompt=prompt,
+        stream=body.stream,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list(),
+        seed=body.seed,
+        passthrough=passthrough(body),
+    )
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await _respond(request, gw, render.COMPLETION, body.model, gen, include_usage)
+
+
+def _only_one_choice(n: int) -> None:
+    if n != 1:
+        raise UnprocessableRequest("only n=1 is supported", param="n")
+
+
+async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: str, gen: Generation,
+                   include_usage: bool) -> Response | EventStream:  # fmt: skip
+    answer = await gw.router.generate(model, gen)
+    headers = gw.answer_headers(request, answer.resolved.route.name, answer.fallback_used)
+    rid = render.new_id(shape)
+    if gen.stream:
+        return EventStream(_events(shape, rid, answer, include_usage), headers)
+    try:
+        text: list[str] = []
+        extra: dict[str, Any] = {}
+        finish, usage = None, None
+        delta = answer.first
+        async for delta in _chain(answer):
+            text.append(delta.text)
+            if delta.extra:
+                extra.update(delta.extra)
+            finish = delta.finish_reason or finish
+            usage = delta.usage or usage
+    finally:
+        await answer.aclose()
+    obj = render.response(shape, rid, answer.resolved.route.name, "".join(text), finish, usage, extra)
+    return json_response(obj, headers=headers)
+
+
+async def _chain(answer: Answer) -> AsyncIterator[Any]:
+    yield answer.first
+    async for delta in answer.rest:
+        yield delta
+
+
+async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: bool) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    model = answer.resolved.route.name
+    usage: Usage | None = None
+    first = True
+    try:
+        async for delta in _chain(answer):
+            usage = delta.usage or usage
+            if delta.text or delta.extra or delta.finish_reason or first:
+                yield event(render.chunk(shape, rid, created, model, delta, first=first))
+                first = False
+        if include_usage and usage is not None:
+            yield event(render.chunk(shape, rid, created, model, None, usage_only=usage))
+    except GatewayError as exc:
+        log.warning("stream %s failed after its first byte: %s", rid, exc.message)
+        yield event(exc.body())
+    finally:
+        await answer.aclose()
+    yield DONE

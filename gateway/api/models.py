@@ -1,0 +1,50 @@
+"""``GET /v1/models``, ``GET /v1/models/{id}``, ``/healthz`` and ``/readyz``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import NotFound
+from gateway.settings import ModelRoute
+from gateway.state import Gateway, json_response
+
+_CREATED = 1_700_000_000
+"""OpenAI requires ``created``; routes have no creation time, so all carry the same fixed one."""
+
+
+def _model(route: ModelRoute) -> dict[str, Any]:
+    return {"id": route.name, "object": "model", "created": _CREATED, "owned_by": route.owned_by}
+
+
+async def list_models(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    routes = await gw.router.offered()
+    return json_response({"object": "list", "data": [_model(r) for r in routes]})
+
+
+async def get_model(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    name = request.path_params["model"]
+    for route in await gw.router.offered():
+        if route.name == name:
+            return json_response(_model(route))
+    raise NotFound(f"The model {name!r} does not exist or you do not have access to it.", param="model")
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when every route can be served, by its own model or by its fallback."""
+    gw: Gateway = request.app.state.gateway
+    ready = await gw.router.readiness()
+    servable = {
+        r.route.name: ready[r.route.name] or (r.route.fallback is not None and ready[r.route.fallback])
+        for r in gw.router.routes
+    }
+    ok = all(servable.values())
+    return json_response({"status": "ready" if ok else "not ready", "models": ready}, status=200 if ok else 503)

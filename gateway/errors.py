@@ -1,0 +1,123 @@
+"""The gateway's one error hierarchy.
+
+Every error a caller can see is a ``GatewayError``. Each class carries its HTTP status and the
+OpenAI error ``type``; the one handler in ``gateway.app`` renders it as
+``{"error": {"message", "type", "param", "code"}}``. The status is the contract: the openai SDK
+picks its exception class from it and retries 408/409/429/5xx, so a caller mistake is never a
+5xx and an upstream failure is never a 4xx.
+
+Add a class only when a caller's handling or the status differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Base of every error rendered to a caller; subclasses set status and type."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error object for this error."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(GatewayError):
+    """The request body or parameters are malformed or out of range (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class UnprocessableRequest(InvalidRequest):
+    """The JSON is well formed but a field fails validation (422)."""
+
+    status = 422
+
+
+class NotFound(InvalidRequest):
+    """The model or route does not exist (404)."""
+
+    status = 404
+    code = "model_not_found"
+
+
+class MethodNotAllowed(InvalidRequest):
+    """The route exists but not for this HTTP method (405)."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request body exceeds the configured limit (413)."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The request body is not ``application/json`` (415)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class UpstreamError(GatewayError):
+    """A model server failed or answered with something unusable (502)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """No backend for the model is reachable or ready (503)."""
+
+    status = 503
+    code = "backend_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The model server did not answer within the configured deadline (504)."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+class InternalError(GatewayError):
+    """An unexpected fault inside the gateway; the message names only the request id (500)."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+class ConfigError(Exception):
+    """A configuration file or value is invalid. Raised at start or reload, never per request."""

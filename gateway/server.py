@@ -1,0 +1,70 @@
+"""Run the gateway: the embedded Triton (when enabled), TLS, and uvicorn (uvloop, httptools)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import uvicorn
+
+from backends.local.launcher import MODEL_SETS, LocalTriton
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.tls import ensure_certificates, server_context
+
+log = logging.getLogger("gateway")
+
+
+def uvicorn_server(settings: Settings) -> uvicorn.Server:
+    """A uvicorn server for ``settings``; its TLS context carries our minimum version and mTLS."""
+    certs = ensure_certificates(settings) if settings.tls.enabled else None
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.server.access_log,
+        log_level="info",
+        server_header=False,
+        ssl_certfile=str(certs.cert) if certs else None,
+        ssl_keyfile=str(certs.key) if certs else None,
+    )
+    config.load()
+    if certs is not None:
+        # uvicorn's own context cannot set a minimum TLS version; replace it with ours.
+        config.ssl = server_context(settings.tls, certs)
+        where = f" (local CA: {certs.ca_cert})" if certs.ca_cert else ""
+        log.info("TLS certificate %s%s", certs.cert, where)
+    return uvicorn.Server(config)
+
+
+def serve(settings: Settings) -> int:
+    local = None
+    if settings.local_triton.enabled:
+        lt = settings.local_triton
+        log.info("starting the local Triton server (models: %s)", ", ".join(lt.models))
+        local = LocalTriton.start(
+            models=lt.models, grpc_port=lt.grpc_port, http_port=lt.http_port, metrics_port=lt.metrics_port
+        )
+    try:
+        if local is not None:
+            names = [m for s in settings.local_triton.models for m in MODEL_SETS[s]]
+            try:
+                asyncio.run(local.wait_ready(names, settings.local_triton.startup_timeout_s))
+            except RuntimeError as exc:
+                log.error("%s", exc)
+                return 1
+            log.info("local Triton ready on %s", local.grpc_url)
+        server = uvicorn_server(settings)
+        server.run()
+        return 0 if server.started else 1
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def configure_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,270 @@
+"""The one settings object.
+
+Precedence, highest first: explicit arguments, ``GATEWAY_*`` environment variables (``__``
+nests: ``GATEWAY_SERVER__PORT=9443``), the YAML config file, then the embedded defaults. The
+embedded defaults serve the local demo Triton (``backends.local``) over self-signed TLS, so a
+fresh checkout runs with no file at all.
+
+This is the only module that reads ``os.environ``, and only when ``load`` is called.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config_file", default=None)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Frozen):
+    host: str = "0.0.0.0"
+    port: int = Field(8443, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    """Request bodies larger than this get 413."""
+    access_log: bool = False
+
+
+class TLSSettings(_Frozen):
+    enabled: bool = True
+    """Plain HTTP only when this is explicitly false (for example behind a mesh)."""
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    """Without cert_file and key_file, a local CA and server certificate are made under state_dir/tls."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    client_ca_file: Path | None = None
+    client_auth: Literal["none", "optional", "required"] = "none"
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    """Subject alternative names of a generated server certificate."""
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TLSSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.client_auth != "none" and self.client_ca_file is None:
+            raise ValueError("client_auth needs client_ca_file")
+        return self
+
+
+class TritonBackendSettings(_Frozen):
+    kind: Literal["triton"]
+    url: str = "embedded"
+    """host:port of Triton's gRPC endpoint, or ``embedded`` for the local Triton (local_triton)."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Deadline for a whole generation."""
+    connect_timeout_s: float = Field(5.0, gt=0)
+    """Deadline for health and metadata calls."""
+
+
+class OpenAIBackendSettings(_Frozen):
+    kind: Literal["openai"]
+    base_url: str
+    """Base URL including /v1, e.g. http://vllm:8000/v1."""
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(256, gt=0)
+
+
+BackendSettings = Annotated[TritonBackendSettings | OpenAIBackendSettings, Field(discriminator="kind")]
+
+
+class ModelRoute(_Frozen):
+    """A public model name and where it is served."""
+
+    name: str = Field(min_length=1)
+    backend: str
+    model: str = ""
+    """The upstream model name; defaults to name."""
+    version: str = ""
+    """Pinned upstream model version (Triton). Changing the pin is how an operator rolls back."""
+    kind: Literal["llm", "embedding"] = "llm"
+    interface: Literal["ensemble", "vllm"] = "ensemble"
+    chat_template: str | None = None
+    chat_template_file: Path | None = None
+    default_max_tokens: int = Field(256, ge=1)
+    """max_tokens when a request sets none (TensorRT-LLM requires one)."""
+    fallback: str | None = None
+    """Public name of a route to use when this one fails before its first byte."""
+    owned_by: str = "organization"
+    embedding_input: str = "text_input"
+    embedding_output: str = "embedding"
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+    @model_validator(mode="after")
+    def _template(self) -> ModelRoute:
+        if self.chat_template is not None and self.chat_template_file is not None:
+            raise ValueError("set chat_template or chat_template_file, not both")
+        if self.fallback == self.name:
+            raise ValueError("a model cannot be its own fallback")
+        return self
+
+
+class LocalTritonSettings(_Frozen):
+    """The embedded demo Triton server (``backends.local``), run as a child process."""
+
+    enabled: bool = True
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    http_port: int = Field(8000, ge=0, le=65535)
+    metrics_port: int = Field(8002, ge=0, le=65535)
+    models: tuple[Literal["demo", "test"], ...] = ("demo",)
+    """Model sets to serve: ``demo`` (SmolLM2 and e5) and ``test`` (tiny deterministic models)."""
+    startup_timeout_s: float = Field(180.0, gt=0)
+
+
+def _default_backends() -> dict[str, TritonBackendSettings | OpenAIBackendSettings]:
+    return {"local": TritonBackendSettings(kind="triton", url="embedded")}
+
+
+def _default_models() -> tuple[ModelRoute, ...]:
+    return (
+        ModelRoute(name="smollm2-135m-instruct", backend="local", owned_by="HuggingFaceTB"),
+        ModelRoute(name="e5-small", backend="local", kind="embedding", owned_by="intfloat"),
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the gateway is configured with, validated once at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    state_dir: Path = Path("var")
+    """Where generated certificates and other local state live."""
+    server: ServerSettings = ServerSettings()
+    tls: TLSSettings = TLSSettings()
+    backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
+    models: tuple[ModelRoute, ...] = Field(default_factory=_default_models)
+    local_triton: LocalTritonSettings = LocalTritonSettings()
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {', '.join(dupes)}")
+        for name, b in self.backends.items():
+            if isinstance(b, TritonBackendSettings) and b.url == "embedded" and not self.local_triton.enabled:
+                raise ValueError(f"backends.{name}.url: 'embedded' needs local_triton.enabled")
+        by_name = {m.name: m for m in self.models}
+        for i, m in enumerate(self.models):
+            if m.backend not in self.backends:
+                raise ValueError(f"models.{i}.backend: unknown backend {m.backend!r}")
+            if m.fallback is not None:
+                fb = by_name.get(m.fallback)
+                if fb is None:
+                    raise ValueError(f"models.{i}.fallback: unknown model {m.fallback!r}")
+                if fb.kind != m.kind:
+                    raise ValueError(f"models.{i}.fallback: {m.fallback!r} is an {fb.kind} model")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, _CONFIG_FILE.get()))
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from arguments, environment, ``config_file`` and defaults.
+
+        Raises ConfigError naming the file, line and key on any invalid value.
+        """
+        token = _CONFIG_FILE.set(config_file)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, config_file)) from None
+        finally:
+            _CONFIG_FILE.reset(token)
+
+    def local_triton_url(self) -> str:
+        return f"127.0.0.1:{self.local_triton.grpc_port}"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = _read_yaml(path) if path is not None else {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    root = _compose(path)
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in {"triton", "openai"})]
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        where = f"{path}:{line}" if path is not None and line else (str(path) if path else "settings")
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _compose(path: Path | None) -> yaml.Node | None:
+    if path is None:
+        return None
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
+    """Line (1-based) of the deepest YAML node on the path ``loc`` that exists in the file."""
+    found = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            nxt = node.value[part]
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node = nxt
+        found = node.start_mark.line + 1
+    return found

@@ -1,0 +1,40 @@
+"""What every handler shares: the frozen settings and the router, built once per app."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.routing import Router
+from gateway.settings import Settings
+
+REQUEST_ID = "gateway.request_id"
+
+
+def request_id(scope: Any) -> str:
+    """The id of this request, made on first use; it names the request in logs and errors."""
+    rid = scope.get(REQUEST_ID)
+    if rid is None:
+        rid = scope[REQUEST_ID] = uuid.uuid4().hex
+    return str(rid)
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, headers=headers, media_type="application/json")
+
+
+@dataclass(frozen=True)
+class Gateway:
+    settings: Settings
+    router: Router
+
+    def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
+        headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}
+        if fallback_used:
+            headers["x-gateway-fallback"] = "true"
+        return headers

@@ -1,0 +1,150 @@
+"""Shared fixtures: one real Triton server per session, gateways in-process and over real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from backends.local.launcher import MODEL_SETS, LocalTriton
+from gateway.app import create_app
+from gateway.server import uvicorn_server
+from gateway.settings import Settings
+
+TEST_MODELS: list[dict[str, Any]] = [
+    {"name": "echo", "backend": "triton"},
+    {"name": "counter", "backend": "triton"},
+    {"name": "counter-spare", "backend": "triton", "fallback": "counter"},
+    {"name": "broken", "backend": "triton", "fallback": "counter"},
+    {"name": "broken-alone", "backend": "triton", "model": "broken"},
+    {"name": "vllm-echo", "backend": "triton", "interface": "vllm"},
+    {"name": "smollm2-135m-instruct", "backend": "triton"},
+    {"name": "e5-small", "backend": "triton", "kind": "embedding"},
+    {"name": "gone", "backend": "nowhere", "model": "echo", "fallback": "echo"},
+    {"name": "gone-alone", "backend": "nowhere", "model": "echo"},
+]
+
+
+@pytest.fixture(scope="session")
+async def triton(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalTriton]:
+    """The real local Triton server with the demo and test models, started once per session."""
+    log = tmp_path_factory.mktemp("triton") / "triton.log"
+    server = LocalTriton.start(models=["demo", "test"], log_file=log)
+    try:
+        await server.wait_ready(MODEL_SETS["demo"] + MODEL_SETS["test"], timeout_s=300)
+        yield server
+    finally:
+        server.stop()
+
+
+def make_settings(triton: LocalTriton, tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a gateway in front of the session's Triton (and an unreachable one)."""
+    values: dict[str, Any] = {
+        "state_dir": tmp_path,
+        "local_triton": {"enabled": False},
+        "backends": {
+            "triton": {"kind": "triton", "url": triton.grpc_url, "timeout_s": 60},
+            "nowhere": {"kind": "triton", "url": "127.0.0.1:9", "connect_timeout_s": 1, "timeout_s": 2},
+        },
+        "models": TEST_MODELS,
+        "server": {"host": "127.0.0.1", "port": 0},
+    }
+    values.update(overrides)
+    return Settings.load(None, **values)
+
+
+@pytest.fixture
+async def settings(triton: LocalTriton, tmp_path: Path) -> Settings:
+    return make_settings(triton, tmp_path)
+
+
+@asynccontextmanager
+async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling ``app`` in-process, with its lifespan entered."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(create_app(settings)) as c:
+        yield c
+
+
+class LiveServer:
+    """A real uvicorn gateway on a loopback port, in a thread with its own event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server: uvicorn.Server = uvicorn_server(settings)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def app(self) -> Starlette:
+        app: Starlette = self.server.config.loaded_app
+        while not isinstance(app, Starlette):  # unwrap uvicorn's middleware
+            app = app.app
+        return app
+
+    @property
+    def port(self) -> int:
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.settings.tls.enabled else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.settings.state_dir / "tls" / "ca.pem"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def live(triton: LocalTriton, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Factory: ``live(**settings_overrides)`` starts a real TLS gateway; all are stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def start(**overrides: Any) -> LiveServer:
+        server = LiveServer(make_settings(triton, tmp_path, **overrides)).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Wait on a condition with a deadline (never a bare sleep to synchronize)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
