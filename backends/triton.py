@@ -187,8 +187,10 @@ class TritonBackend:
             raise translate(exc, target.model) from None
         finally:
             done.set()
-            if not finished and call.cancel():
-                self.streams_cancelled += 1
+            if not finished:
+                call.cancel()  # a no-op if cancelling our task already cancelled the RPC
+                if call.cancelled():
+                    self.streams_cancelled += 1
             self.streams_open -= 1
 
     async def embed(self, target: Target, inputs: list[str]) -> Embeddings:

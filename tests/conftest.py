@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -109,6 +110,13 @@ class LiveServer:
     @property
     def ca_file(self) -> Path:
         return self.settings.state_dir / "tls" / "ca.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An httpx client that trusts this server's CA, with ``base_url`` set to the server."""
+        return httpx.AsyncClient(verify=self.ssl_context(), base_url=self.url, **kwargs)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()

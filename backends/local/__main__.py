@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level, format="triton-local %(levelname)s %(name)s: %(message)s")
     # Imported late: pytriton is heavy and the --help above should not pay for it.
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     from backends.local import models
 
@@ -48,7 +48,9 @@ def main() -> None:
         log_file=Path(args.log_file) if args.log_file else None,
     )
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C: unload, clean up
-    with Triton(config=config, workspace=workspace) as triton:
+    # The launcher passes the token for the restricted APIs (model load/unload) to its child.
+    security = TritonSecurityConfig(access_token=os.environ.get("GATEWAY_LOCAL_TRITON_TOKEN") or None)
+    with Triton(config=config, workspace=workspace, security_config=security) as triton:
         if "demo" in sets:
             models.bind_demo(triton)
         if "test" in sets:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+
+TOKEN_ENV = "GATEWAY_LOCAL_TRITON_TOKEN"
 
 
 def free_port() -> int:
@@ -48,6 +52,8 @@ class LocalTriton:
     grpc_port: int
     http_port: int
     metrics_port: int
+    admin_token: str
+    """Token for Triton's restricted model-repository and admin APIs (PyTriton protects them)."""
 
     @property
     def grpc_url(self) -> str:
@@ -73,8 +79,23 @@ class LocalTriton:
         ]  # fmt: skip
         if log_file is not None:
             cmd += ["--log-file", str(log_file)]
-        proc = subprocess.Popen(cmd, env=child_env(dict(os.environ) if env is None else env))
-        return cls(proc, *ports)
+        token = secrets.token_urlsafe(32)
+        child = child_env(dict(os.environ) if env is None else env)
+        child[TOKEN_ENV] = token
+        proc = subprocess.Popen(cmd, env=child)
+        return cls(proc, *ports, admin_token=token)
+
+    async def set_loaded(self, model: str, loaded: bool) -> None:
+        """Load or unload ``model`` through Triton's model-repository API."""
+        metadata = (("triton-grpc-protocol-triton-access-token", self.admin_token),)
+        async with grpc.aio.insecure_channel(self.grpc_url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            if loaded:
+                await stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name=model), metadata=metadata)
+            else:
+                await stub.RepositoryModelUnload(
+                    service_pb2.RepositoryModelUnloadRequest(model_name=model), metadata=metadata
+                )
 
     async def wait_ready(self, models: Iterable[str], timeout_s: float) -> None:
         """Wait until the server and ``models`` are ready; raise RuntimeError at the deadline."""

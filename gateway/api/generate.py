@@ -90,7 +90,6 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
         text: list[str] = []
         extra: dict[str, Any] = {}
         finish, usage = None, None
-        delta = answer.first
         async for delta in _chain(answer):
             text.append(delta.text)
             if delta.extra:

@@ -1,0 +1,1 @@
+"""Benchmarks: run each with ``python -m benches.<name>``; none runs as part of the tests."""
