@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -42,6 +43,10 @@ def uvicorn_server(settings: Settings) -> uvicorn.Server:
 
 
 def serve(settings: Settings) -> int:
+    """Run until SIGINT or SIGTERM; both stop uvicorn gracefully, then the local Triton."""
+    # uvicorn re-raises the signal it caught once it has shut down; with this handler SIGTERM
+    # arrives here as KeyboardInterrupt, like SIGINT, so the finally below always runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     local = None
     if settings.local_triton.enabled:
         lt = settings.local_triton
@@ -59,8 +64,13 @@ def serve(settings: Settings) -> int:
                 return 1
             log.info("local Triton ready on %s", local.grpc_url)
         server = uvicorn_server(settings)
-        server.run()
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass
         return 0 if server.started else 1
+    except KeyboardInterrupt:
+        return 0
     finally:
         if local is not None:
             local.stop()

@@ -1,0 +1,116 @@
+"""The ``gateway`` command, including ``gateway serve`` end to end as the README runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from backends.local.launcher import free_port
+from gateway.cli import main
+
+
+def test_certs_command(tmp_path: Path) -> None:
+    """``gateway certs`` makes the dev CA and server certificate and says where they are."""
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state")}))
+    result = CliRunner().invoke(main, ["certs", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "state" / "tls" / "ca.pem") in result.output
+    assert (tmp_path / "state" / "tls" / "server.pem").exists()
+
+
+def test_bad_config_exits_with_the_reason(tmp_path: Path) -> None:
+    """A bad config file stops the command with file, key and reason, and no traceback."""
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text("server:\n  port: -1\n")
+    result = CliRunner().invoke(main, ["models", "--config", str(cfg)])
+    assert result.exit_code == 1
+    assert f"{cfg}:2: server.port" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.triton
+def test_models_command(triton, tmp_path: Path) -> None:
+    """``gateway models`` lists routes with their backend health."""
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "local_triton": {"enabled": False},
+        "backends": {"t": {"kind": "triton", "url": triton.grpc_url},
+                     "off": {"kind": "triton", "url": "127.0.0.1:9", "connect_timeout_s": 1}},
+        "models": [{"name": "echo", "backend": "t"}, {"name": "lost", "backend": "off", "fallback": "echo"}],
+    }))  # fmt: skip
+    result = CliRunner().invoke(main, ["models", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert lines["echo"].endswith("ready") and lines["lost"].endswith("NOT READY")
+
+
+def _get(url: str, ctx: ssl.SSLContext, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.triton
+def test_serve_with_embedded_triton(tmp_path: Path) -> None:
+    """``gateway serve`` starts its own Triton, serves real SmolLM2 output over TLS, and stops both cleanly."""
+    port, triton_port = free_port(), free_port()
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "state"),
+        "server": {"host": "127.0.0.1", "port": port},
+        "local_triton": {"grpc_port": triton_port, "http_port": free_port(), "metrics_port": free_port()},
+    }))  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))  # fmt: skip
+    try:
+        ca = tmp_path / "state" / "tls" / "ca.pem"
+        deadline = time.monotonic() + 240
+        status = 0
+        while status != 200:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "gateway not ready in time"
+            if ca.exists():
+                try:
+                    status, _ = _get(f"https://localhost:{port}/readyz", ssl.create_default_context(cafile=ca))
+                except OSError:
+                    pass
+            time.sleep(0.25)
+        ctx = ssl.create_default_context(cafile=ca)
+        status, body = _get(f"https://localhost:{port}/v1/chat/completions", ctx, {
+            "model": "smollm2-135m-instruct", "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": "Name the capital of France."}]})  # fmt: skip
+        assert status == 200, body
+        assert "Paris" in body["choices"][0]["message"]["content"]
+        if shutil.which("curl"):
+            out = subprocess.run(["curl", "-sS", "--cacert", str(ca), f"https://localhost:{port}/v1/models"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout  # fmt: skip
+            assert {m["id"] for m in json.loads(out)["data"]} == {"smollm2-135m-instruct", "e5-small"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    with socket.socket() as s:  # the embedded Triton went down with the gateway
+        assert s.connect_ex(("127.0.0.1", triton_port)) != 0
