@@ -1,0 +1,25 @@
+# make run   : set up (once) and serve on https://localhost:8443 with the embedded Triton
+# make test  : set up (once) and run the whole test suite
+VENV  ?= .venv
+STAMP := $(VENV)/.bootstrapped
+
+.PHONY: run test bench lint setup
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock scripts/bootstrap
+	scripts/bootstrap
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/gateway serve $(if $(CONFIG),--config $(CONFIG))
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m benches.bench_overhead
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway backends tests benches
+	$(VENV)/bin/ruff format --check gateway backends tests benches
+	$(VENV)/bin/mypy
