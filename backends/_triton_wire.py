@@ -102,7 +102,9 @@ def build_request(
             shape = [len(items)]
         else:
             shape = _shape(spec, len(items), info.batched)
-        req.inputs.append(service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=spec.datatype, shape=shape))
+        req.inputs.append(
+            service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=spec.datatype, shape=shape)
+        )
         req.raw_input_contents.append(raw)
     if final_response:
         req.parameters["triton_enable_empty_final_response"].bool_param = True
@@ -118,9 +120,7 @@ def output_text(result: InferResult, name: str = "text_output") -> str:
     arr = result.as_numpy(name)
     if arr is None or arr.size == 0:
         return ""
-    return "".join(
-        (v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)) for v in arr.reshape(-1)
-    )
+    return "".join((v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)) for v in arr.reshape(-1))
 
 
 def output_int(result: InferResult, name: str) -> int | None:

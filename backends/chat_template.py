@@ -73,9 +73,7 @@ def render(source: str | None, messages: Sequence[dict[str, Any]]) -> str:
     template = compile_template(source or CHATML)
     flat = [{**m, "content": _text(m.get("content"))} for m in messages]
     try:
-        return template.render(
-            messages=flat, add_generation_prompt=True, bos_token="", eos_token=""
-        )
+        return template.render(messages=flat, add_generation_prompt=True, bos_token="", eos_token="")
     except InvalidRequest:
         raise
     except jinja2.TemplateError as exc:

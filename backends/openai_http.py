@@ -13,6 +13,7 @@ transport 0.8 ms, aiohttp 0.23-0.29 ms. The gateway's whole budget is 1 ms.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -188,10 +189,8 @@ async def _check(resp: aiohttp.ClientResponse, model: str) -> None:
         return
     raw = await resp.read()
     message = ""
-    try:
+    with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
         message = str(orjson.loads(raw)["error"]["message"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
     log.warning("upstream answered %d for %r: %s", resp.status, model, message or raw[:200])
     if resp.status in (400, 422):
         raise InvalidRequest(f"model {model!r} rejected the request: {message or 'invalid request'}")

@@ -159,9 +159,7 @@ class TritonBackend:
                 yield Delta(text=text)
         yield Delta(finish_reason=counts.finish_reason(gen.max_tokens), usage=counts.usage(prompt))
 
-    async def _stream(
-        self, target: Target, req: service_pb2.ModelInferRequest, counts: _Counts
-    ) -> AsyncIterator[str]:
+    async def _stream(self, target: Target, req: service_pb2.ModelInferRequest, counts: _Counts) -> AsyncIterator[str]:
         done = asyncio.Event()
 
         async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
@@ -235,7 +233,7 @@ class TritonBackend:
 class _Counts:
     """Token counts over a response: the model's own when it reports them, else estimates."""
 
-    __slots__ = ("prompt", "completion", "text_bytes")
+    __slots__ = ("completion", "prompt", "text_bytes")
 
     def __init__(self) -> None:
         self.prompt: int | None = None

@@ -37,7 +37,8 @@ def main() -> None:
               help="Start the embedded demo Triton server (default: as configured, on).")  # fmt: skip
 def serve(config_file: Path | None, local_triton: bool | None) -> None:
     """Serve the OpenAI-compatible API."""
-    from gateway.server import configure_logging, serve as run
+    from gateway.server import configure_logging
+    from gateway.server import serve as run
 
     overrides: dict[str, Any] = {}
     if local_triton is not None:
@@ -64,7 +65,9 @@ def models(config_file: Path | None) -> None:
         try:
             router = Router(settings, backends)
             ready = await router.readiness()
-            return [(r.route.name, r.route.backend, r.route.fallback or "-", ready[r.route.name]) for r in router.routes]
+            return [
+                (r.route.name, r.route.backend, r.route.fallback or "-", ready[r.route.name]) for r in router.routes
+            ]
         finally:
             for b in backends.values():
                 await b.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -64,10 +65,8 @@ def serve(settings: Settings) -> int:
                 return 1
             log.info("local Triton ready on %s", local.grpc_url)
         server = uvicorn_server(settings)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             server.run()
-        except KeyboardInterrupt:
-            pass
         return 0 if server.started else 1
     except KeyboardInterrupt:
         return 0

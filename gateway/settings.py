@@ -139,9 +139,7 @@ def _default_models() -> tuple[ModelRoute, ...]:
 class Settings(BaseSettings):
     """Everything the gateway is configured with, validated once at start."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="GATEWAY_", env_nested_delimiter="__", frozen=True, extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", frozen=True, extra="forbid")
 
     state_dir: Path = Path("var")
     """Where generated certificates and other local state live."""

@@ -30,6 +30,8 @@ TEST_MODELS: list[dict[str, Any]] = [
     {"name": "vllm-echo", "backend": "triton", "interface": "vllm"},
     {"name": "smollm2-135m-instruct", "backend": "triton"},
     {"name": "e5-small", "backend": "triton", "kind": "embedding"},
+    {"name": "echo-v1", "backend": "triton", "model": "echo", "version": "1"},
+    {"name": "echo-v7", "backend": "triton", "model": "echo", "version": "7"},
     {"name": "gone", "backend": "nowhere", "model": "echo", "fallback": "echo"},
     {"name": "gone-alone", "backend": "nowhere", "model": "echo"},
 ]
@@ -154,5 +156,3 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.02)
-
-

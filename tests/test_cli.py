@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,10 +90,8 @@ def test_serve_with_embedded_triton(tmp_path: Path) -> None:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "gateway not ready in time"
             if ca.exists():
-                try:
+                with contextlib.suppress(OSError):
                     status, _ = _get(f"https://localhost:{port}/readyz", ssl.create_default_context(cafile=ca))
-                except OSError:
-                    pass
             time.sleep(0.25)
         ctx = ssl.create_default_context(cafile=ca)
         status, body = _get(f"https://localhost:{port}/v1/chat/completions", ctx, {

@@ -25,8 +25,12 @@ async def sdk(live):
 async def test_chat(sdk: openai.AsyncOpenAI) -> None:
     """chat.completions.create parses into the SDK's types, usage included."""
     resp = await sdk.chat.completions.create(
-        model="echo", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-        max_completion_tokens=64, temperature=0.2, top_p=0.9, seed=7,
+        model="echo",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        max_completion_tokens=64,
+        temperature=0.2,
+        top_p=0.9,
+        seed=7,
     )
     assert resp.choices[0].message.role == "assistant"
     assert "hi" in resp.choices[0].message.content
@@ -37,7 +41,10 @@ async def test_chat(sdk: openai.AsyncOpenAI) -> None:
 async def test_streaming_chat(sdk: openai.AsyncOpenAI) -> None:
     """Streaming chat yields typed chunks ending with a usage chunk when asked."""
     stream = await sdk.chat.completions.create(
-        model="counter", messages=[{"role": "user", "content": "count"}], max_tokens=4, stream=True,
+        model="counter",
+        messages=[{"role": "user", "content": "count"}],
+        max_tokens=4,
+        stream=True,
         stream_options={"include_usage": True},
     )
     text, usage, finish = "", None, None

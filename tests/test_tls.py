@@ -36,7 +36,7 @@ def test_dev_certificates_are_made_once_with_private_keys(tmp_path: Path) -> Non
 def test_missing_configured_certificate_fails_fast(tmp_path: Path) -> None:
     """A configured certificate that does not exist is a configuration error naming it."""
     settings = Settings.load(None, tls={"cert_file": tmp_path / "no.pem", "key_file": tmp_path / "no-key.pem"})
-    with pytest.raises(ConfigError, match="no.pem"):
+    with pytest.raises(ConfigError, match=r"no\.pem"):
         ensure_certificates(settings)
 
 

@@ -7,6 +7,7 @@ Triton never share the gateway's event loop or its crash fate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -55,10 +56,8 @@ def main() -> None:
             models.bind_demo(triton)
         if "test" in sets:
             models.bind_test(triton)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             triton.serve()
-        except KeyboardInterrupt:
-            pass
     shutil.rmtree(parent, ignore_errors=True)
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-
 TOKEN_ENV = "GATEWAY_LOCAL_TRITON_TOKEN"
 
 
@@ -83,7 +82,7 @@ class LocalTriton:
         child = child_env(dict(os.environ) if env is None else env)
         child[TOKEN_ENV] = token
         proc = subprocess.Popen(cmd, env=child)
-        return cls(proc, *ports, admin_token=token)
+        return cls(proc, ports[0], ports[1], ports[2], token)
 
     async def set_loaded(self, model: str, loaded: bool) -> None:
         """Load or unload ``model`` through Triton's model-repository API."""
@@ -91,7 +90,9 @@ class LocalTriton:
         async with grpc.aio.insecure_channel(self.grpc_url) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             if loaded:
-                await stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name=model), metadata=metadata)
+                await stub.RepositoryModelLoad(
+                    service_pb2.RepositoryModelLoadRequest(model_name=model), metadata=metadata
+                )
             else:
                 await stub.RepositoryModelUnload(
                     service_pb2.RepositoryModelUnloadRequest(model_name=model), metadata=metadata

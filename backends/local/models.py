@@ -28,12 +28,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 from pytriton.decorators import batch
 from pytriton.model_config import ModelConfig, Tensor
 from pytriton.triton import Triton
+
+Array = npt.NDArray[Any]
 
 _ENSEMBLE_INPUTS = [
     Tensor(name="text_input", dtype=bytes, shape=(1,)),
@@ -68,7 +71,7 @@ def _words(req: Any, name: str) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in req[name].reshape(-1)]
 
 
-def _out(text: str, n_in: int, n_out: int) -> dict[str, np.ndarray]:
+def _out(text: str, n_in: int, n_out: int) -> dict[str, Array]:
     return {
         "text_output": np.array([text.encode()], dtype=np.object_),
         "num_input_tokens": np.array([n_in], dtype=np.int32),
@@ -93,12 +96,12 @@ class SmolLM2:
         self._llm = Llama(model_path=str(smollm2_path()), n_ctx=2048, n_threads=1, verbose=False)
         self._lock = threading.Lock()
 
-    def __call__(self, requests: list[Any]) -> Iterator[list[dict[str, np.ndarray]]]:
+    def __call__(self, requests: list[Any]) -> Iterator[list[dict[str, Array]]]:
         for req in requests:  # the model is not batched: Triton sends one request per call
             with self._lock:
                 yield from ([r] for r in self._generate(req))
 
-    def _generate(self, req: Any) -> Iterator[dict[str, np.ndarray]]:
+    def _generate(self, req: Any) -> Iterator[dict[str, Array]]:
         prompt = str(_scalar(req, "text_input", ""))
         max_tokens = int(_scalar(req, "max_tokens", 256))
         stream = bool(_scalar(req, "stream", False))
@@ -114,7 +117,7 @@ class SmolLM2:
         )
         text, n_out = [], 0
         for chunk in chunks:
-            piece = chunk["choices"][0]["text"]
+            piece = cast(dict[str, Any], chunk)["choices"][0]["text"]
             if not piece:
                 continue
             n_out += 1
@@ -135,7 +138,7 @@ class E5Small:
         self._model = E5(num_threads=1)
         self._lock = threading.Lock()
 
-    def __call__(self, text_input: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, text_input: Array) -> dict[str, Array]:
         texts = [v.decode() for v in text_input.reshape(-1)]
         with self._lock:
             vectors = np.asarray(self._model.passage(texts), dtype=np.float32).reshape(len(texts), -1)
@@ -143,7 +146,7 @@ class E5Small:
         return {"embedding": vectors, "num_input_tokens": np.array(tokens, dtype=np.int32).reshape(-1, 1)}
 
 
-def _echo(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+def _echo(requests: list[Any]) -> list[dict[str, Array]]:
     out = []
     for req in requests:
         words = str(_scalar(req, "text_input", "")).split()
@@ -152,7 +155,7 @@ def _echo(requests: list[Any]) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def _counter(requests: list[Any]) -> Iterator[list[dict[str, np.ndarray]]]:
+def _counter(requests: list[Any]) -> Iterator[list[dict[str, Array]]]:
     for req in requests:
         prompt = str(_scalar(req, "text_input", ""))
         n = int(_scalar(req, "max_tokens", 16))
@@ -168,12 +171,12 @@ def _counter(requests: list[Any]) -> Iterator[list[dict[str, np.ndarray]]]:
             yield [_out(f"tok{i} ", n_in if i == 0 else 0, 1)]
 
 
-def _broken(requests: list[Any]) -> Iterator[list[dict[str, np.ndarray]]]:
+def _broken(requests: list[Any]) -> Iterator[list[dict[str, Array]]]:
     raise RuntimeError("this model always fails")
     yield []  # pragma: no cover - makes this a generator, as a decoupled model must be
 
 
-def _vllm_echo(requests: list[Any]) -> Iterator[list[dict[str, np.ndarray]]]:
+def _vllm_echo(requests: list[Any]) -> Iterator[list[dict[str, Array]]]:
     for req in requests:
         params = json.loads(str(_scalar(req, "sampling_parameters", "{}")) or "{}")
         words = str(_scalar(req, "text_input", "")).split()[: int(params.get("max_tokens", 16))]
@@ -214,7 +217,9 @@ def bind_test(triton: Triton) -> None:
         triton.bind(
             model_name=name, infer_func=_counter, inputs=_ENSEMBLE_INPUTS, outputs=_LLM_OUTPUTS, config=decoupled
         )
-    triton.bind(model_name="broken", infer_func=_broken, inputs=_ENSEMBLE_INPUTS, outputs=_LLM_OUTPUTS, config=decoupled)
+    triton.bind(
+        model_name="broken", infer_func=_broken, inputs=_ENSEMBLE_INPUTS, outputs=_LLM_OUTPUTS, config=decoupled
+    )
     triton.bind(
         model_name="vllm-echo",
         infer_func=_vllm_echo,

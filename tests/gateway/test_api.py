@@ -13,8 +13,9 @@ CHAT = "/v1/chat/completions"
 
 async def test_chat_completion_shape(client: httpx.AsyncClient) -> None:
     """A chat completion has the OpenAI shape, the rendered prompt reaches the model, usage is counted."""
-    r = await client.post(CHAT, json={"model": "echo", "messages": [{"role": "user", "content": "hello world"}],
-                                      "max_tokens": 50})
+    r = await client.post(
+        CHAT, json={"model": "echo", "messages": [{"role": "user", "content": "hello world"}], "max_tokens": 50}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
@@ -40,8 +41,16 @@ async def test_completion_respects_max_tokens(client: httpx.AsyncClient) -> None
 
 async def test_streamed_chat_events(client: httpx.AsyncClient) -> None:
     """A streamed chat is SSE: role first, content deltas, finish, usage chunk, then [DONE]."""
-    r = await client.post(CHAT, json={"model": "counter", "messages": [{"role": "user", "content": "x"}],
-                                      "stream": True, "max_tokens": 3, "stream_options": {"include_usage": True}})
+    r = await client.post(
+        CHAT,
+        json={
+            "model": "counter",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": True,
+            "max_tokens": 3,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     frames = [line.removeprefix("data: ") for line in r.text.split("\n\n") if line]
@@ -81,7 +90,7 @@ async def test_models_lists_only_ready(client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/models")
     ids = {m["id"] for m in r.json()["data"]}
     assert {"echo", "counter", "e5-small", "smollm2-135m-instruct", "gone"} <= ids
-    assert "gone-alone" not in ids
+    assert "gone-alone" not in ids and "echo-v7" not in ids
     one = await client.get("/v1/models/echo")
     assert one.json() == {"id": "echo", "object": "model", "created": one.json()["created"], "owned_by": "organization"}
     missing = await client.get("/v1/models/gone-alone")
@@ -99,19 +108,29 @@ async def test_models_lists_only_ready(client: httpx.AsyncClient) -> None:
         ({"json": {"model": "echo"}}, 400, "messages"),
         ({"json": {"model": "echo", "messages": []}}, 400, "messages"),
         ({"json": {"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}}, 400, "messages.0.role"),
-        ({"json": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "temperature": 9}},
-         400, "temperature"),
-        ({"json": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}},
-         400, "max_tokens"),
+        (
+            {"json": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "temperature": 9}},
+            400,
+            "temperature",
+        ),
+        (
+            {"json": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}},
+            400,
+            "max_tokens",
+        ),
         ({"json": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "n": 2}}, 422, "n"),
         ({"json": {"model": "nope", "messages": [{"role": "user", "content": "x"}]}}, 404, "model"),
         ({"json": {"model": "e5-small", "messages": [{"role": "user", "content": "x"}]}}, 400, "model"),
-        ({"json": {"model": "echo", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}},
-         422, "messages"),
+        (
+            {"json": {"model": "echo", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}},
+            422,
+            "messages",
+        ),
     ],
 )
-async def test_bad_requests_get_openai_errors(client: httpx.AsyncClient, request_kwargs: dict, status: int,
-                                              param: str | None) -> None:
+async def test_bad_requests_get_openai_errors(
+    client: httpx.AsyncClient, request_kwargs: dict, status: int, param: str | None
+) -> None:
     """Each kind of bad request gets the OpenAI error JSON with its status and param, never a 500."""
     r = await client.post(CHAT, **request_kwargs)
     assert r.status_code == status, r.text
@@ -152,8 +171,16 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
 
 async def test_unknown_fields_are_accepted(client: httpx.AsyncClient) -> None:
     """Fields the gateway does not know (as new OpenAI ones) are accepted, not refused."""
-    r = await client.post(CHAT, json={"model": "echo", "messages": [{"role": "user", "content": "hi"}],
-                                      "frequency_penalty": 0.5, "user": "u1", "some_future_field": {"a": 1}})
+    r = await client.post(
+        CHAT,
+        json={
+            "model": "echo",
+            "messages": [{"role": "user", "content": "hi"}],
+            "frequency_penalty": 0.5,
+            "user": "u1",
+            "some_future_field": {"a": 1},
+        },
+    )
     assert r.status_code == 200, r.text
 
 
@@ -172,3 +199,12 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     r = await client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["models"]["gone-alone"] is False and r.json()["models"]["echo"] is True
+
+
+async def test_version_pin_reaches_triton(client: httpx.AsyncClient) -> None:
+    """A route's version pin selects that Triton model version; a version Triton lacks is not served."""
+    ok = await client.post("/v1/completions", json={"model": "echo-v1", "prompt": "a b", "max_tokens": 5})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == "a b"
+    missing = await client.post("/v1/completions", json={"model": "echo-v7", "prompt": "a b"})
+    assert missing.status_code == 503, missing.text
+    assert "echo-v7" not in {m["id"] for m in (await client.get("/v1/models")).json()["data"]}
