@@ -31,6 +31,7 @@ def uvicorn_server(settings: Settings) -> uvicorn.Server:
         access_log=settings.server.access_log,
         log_level="info",
         server_header=False,
+        proxy_headers=False,  # the gateway is the edge: X-Forwarded-* from clients are not trusted
         ssl_certfile=str(certs.cert) if certs else None,
         ssl_keyfile=str(certs.key) if certs else None,
     )
