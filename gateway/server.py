@@ -52,9 +52,15 @@ def serve(settings: Settings) -> int:
     local = None
     if settings.local_triton.enabled:
         lt = settings.local_triton
-        log.info("starting the local Triton server (models: %s)", ", ".join(lt.models))
+        triton_log = settings.state_dir / "triton.log"
+        triton_log.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting the local Triton server (models: %s; log: %s)", ", ".join(lt.models), triton_log)
         local = LocalTriton.start(
-            models=lt.models, grpc_port=lt.grpc_port, http_port=lt.http_port, metrics_port=lt.metrics_port
+            models=lt.models,
+            grpc_port=lt.grpc_port,
+            http_port=lt.http_port,
+            metrics_port=lt.metrics_port,
+            log_file=triton_log,
         )
     try:
         if local is not None:
