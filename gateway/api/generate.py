@@ -18,9 +18,9 @@ from starlette.responses import Response
 from backends.base import Generation, Usage
 from gateway.api import render
 from gateway.api.body import read_json, validate
-from gateway.api.schemas import ChatCompletionRequest, CompletionRequest, passthrough
+from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.api.sse import DONE, EventStream, event
-from gateway.errors import GatewayError, UnprocessableRequest
+from gateway.errors import GatewayError, InternalError, UnprocessableRequest
 from gateway.routing import Answer
 from gateway.state import Gateway, json_response
 
@@ -30,26 +30,20 @@ log = logging.getLogger(__name__)
 async def chat_completions(request: Request) -> Response | EventStream:
     gw: Gateway = request.app.state.gateway
     body = validate(ChatCompletionRequest, await read_json(request, gw.settings.server.max_body_bytes))
-    _only_one_choice(body.n)
-    gen = Generation(
-        task="chat",
-        messages=[m.model_dump(exclude_none=True) for m in body.messages],
-        stream=body.stream,
-        max_tokens=body.effective_max_tokens(),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_list(),
-        seed=body.seed,
-        passthrough=passthrough(body),
-    )
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, gw, render.CHAT, body.model, gen, include_usage)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    gen = body.generation("chat", body.effective_max_tokens(), messages=messages)
+    return await _respond(request, gw, render.CHAT, body.model, gen, body.include_usage)
 
 
 async def completions(request: Request) -> Response | EventStream:
     gw: Gateway = request.app.state.gateway
     body = validate(CompletionRequest, await read_json(request, gw.settings.server.max_body_bytes))
-    _only_one_choice(body.n)
+    gen = body.generation("completion", body.max_tokens, prompt=_one_prompt(body))
+    return await _respond(request, gw, render.COMPLETION, body.model, gen, body.include_usage)
+
+
+def _one_prompt(body: CompletionRequest) -> str:
+    """The single prompt of a legacy completion; the features the gateway cannot honour are 422."""
     prompt = body.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
@@ -59,24 +53,7 @@ async def completions(request: Request) -> Response | EventStream:
                               ("best_of", (body.best_of or 1) > 1), ("suffix", body.suffix is not None)):  # fmt: skip
         if unsupported:
             raise UnprocessableRequest(f"{name} is not supported", param=name)
-    gen = Generation(
-        task="completion",
-        prompt=prompt,
-        stream=body.stream,
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_list(),
-        seed=body.seed,
-        passthrough=passthrough(body),
-    )
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, gw, render.COMPLETION, body.model, gen, include_usage)
-
-
-def _only_one_choice(n: int) -> None:
-    if n != 1:
-        raise UnprocessableRequest("only n=1 is supported", param="n")
+    return prompt
 
 
 async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: str, gen: Generation,
@@ -124,6 +101,9 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
     except GatewayError as exc:
         log.warning("stream %s failed after its first byte: %s", rid, exc.message)
         yield event(exc.body())
+    except Exception:
+        log.exception("stream %s failed after its first byte", rid)
+        yield event(InternalError(f"internal error in stream {rid}").body())
     finally:
         await answer.aclose()
     yield DONE

@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backends.base import Generation
+from gateway.errors import UnprocessableRequest
+
 _Stop = Annotated[list[str], Field(max_length=4)]
 
 
@@ -20,8 +23,15 @@ class _Body(BaseModel):
     model: str = Field(min_length=1)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    include_usage: bool = False
+
+
 class _Sampling(_Body):
     stream: bool = False
+    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -29,16 +39,26 @@ class _Sampling(_Body):
     seed: int | None = None
     n: int = Field(1, ge=1, le=128)
 
-    def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    include_usage: bool = False
+    def generation(self, task: Literal["chat", "completion"], max_tokens: int | None, **fields: Any) -> Generation:
+        """The backend's view of this request; ``fields`` are the task's own (messages or prompt)."""
+        if self.n != 1:
+            raise UnprocessableRequest("only n=1 is supported", param="n")
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return Generation(
+            task=task,
+            stream=self.stream,
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop,
+            seed=self.seed,
+            passthrough=dict(self.model_extra or {}),
+            **fields,
+        )
 
 
 class TextPart(BaseModel):
@@ -59,7 +79,6 @@ class Message(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stream_options: StreamOptions | None = None
 
     def effective_max_tokens(self) -> int | None:
         """``max_completion_tokens`` is the current name; ``max_tokens`` the deprecated one."""
@@ -68,7 +87,6 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    stream_options: StreamOptions | None = None
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None
@@ -95,8 +113,3 @@ class EmbeddingRequest(_Body):
         if isinstance(v, list) and len(v) > 2048:
             raise ValueError("input may hold at most 2048 items")
         return v
-
-
-def passthrough(body: BaseModel) -> dict[str, Any]:
-    """The fields of ``body`` the gateway does not interpret."""
-    return dict(body.model_extra or {})
