@@ -6,9 +6,12 @@ generic 500 that names the request id and nothing of the exception.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+
+import aiohttp
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,8 +22,14 @@ from starlette.routing import Route
 from backends.base import Backend
 from backends.openai_http import OpenAIHTTPBackend
 from backends.triton import TritonBackend
-from gateway.api import embeddings, generate, models
-from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFound
+from gateway.api import admin, embeddings, generate, models
+from gateway.audit import AuditSink, LogAuditSink
+from gateway.authz.store import PolicyStore
+from gateway.errors import ConfigError, GatewayError, InternalError, MethodNotAllowed, NotFound, PolicyError
+from gateway.identity.apikeys import APIKeyStore
+from gateway.identity.authenticate import Authenticator
+from gateway.identity.jwt import JWTVerifier
+from gateway.security import Security, guard
 from gateway.routing import Router
 from gateway.settings import OpenAIBackendSettings, Settings
 from gateway.state import Gateway, json_response, request_id
@@ -75,28 +84,61 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _error_response(request, InternalError(f"internal error; request id {rid}"))
 
 
-def create_app(settings: Settings, *, backend_factory: BackendFactory = build_backends) -> Starlette:
+def _fetcher(session: aiohttp.ClientSession) -> Callable[[str], Awaitable[bytes]]:
+    async def fetch(url: str) -> bytes:
+        async with session.get(url) as resp:
+            resp.raise_for_status()
+            return await resp.read()
+
+    return fetch
+
+
+def create_app(settings: Settings, *, backend_factory: BackendFactory = build_backends,
+               audit_sink: AuditSink | None = None) -> Starlette:  # fmt: skip
     """The ASGI app. Backends are built in the lifespan and closed when it ends."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        backends = backend_factory(settings)
+        audit = audit_sink or LogAuditSink()
         try:
-            app.state.gateway = Gateway(settings, Router(settings, backends))
+            policy = PolicyStore(settings.policy.dir, audit)
+        except PolicyError as exc:
+            raise ConfigError(f"policy: {exc}") from None
+        backends = backend_factory(settings)
+        keys = APIKeyStore(settings.api_keys_db)
+        jwks_http = aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=10))
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(policy.watch(stop)) if settings.policy.watch else None
+        try:
+            jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
+            security = Security(Authenticator(keys, jwt, audit), policy, audit)
+            app.state.gateway = Gateway(settings, Router(settings, backends), security)
             yield
         finally:
+            stop.set()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            await jwks_http.close()
+            keys.close()
             for backend in backends.values():
                 await backend.aclose()
 
     routes = [
-        Route("/v1/chat/completions", generate.chat_completions, methods=["POST"]),
-        Route("/v1/completions", generate.completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
-        Route("/v1/models", models.list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", models.get_model, methods=["GET"]),
+        Route("/v1/chat/completions", guard("route:/v1/chat/completions", "infer", generate.chat_completions),
+              methods=["POST"]),
+        Route("/v1/completions", guard("route:/v1/completions", "infer", generate.completions), methods=["POST"]),
+        Route("/v1/embeddings", guard("route:/v1/embeddings", "embed", embeddings.embeddings), methods=["POST"]),
+        Route("/v1/models", guard("route:/v1/models", "read", models.list_models), methods=["GET"]),
+        Route("/v1/models/{model:path}", guard("route:/v1/models", "read", models.get_model), methods=["GET"]),
+        Route("/admin/policy/status", guard("route:/admin/policy/status", "admin", admin.policy_status),
+              methods=["GET"]),
+        Route("/admin/policy/reload", guard("route:/admin/policy/reload", "admin", admin.policy_reload),
+              methods=["POST"]),
+        # unauthenticated on purpose: probes carry no credentials and reveal nothing but liveness
         Route("/healthz", models.healthz, methods=["GET"]),
         Route("/readyz", models.readyz, methods=["GET"]),
-    ]
+    ]  # fmt: skip
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -121,3 +121,38 @@ class InternalError(GatewayError):
 
 class ConfigError(Exception):
     """A configuration file or value is invalid. Raised at start or reload, never per request."""
+
+
+class Unauthenticated(GatewayError):
+    """No credential, or one that is malformed, unknown, revoked, expired or badly signed (401)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, presented: bool) -> None:
+        challenge = 'Bearer realm="llm-gateway"' + (', error="invalid_token"' if presented else "")
+        super().__init__(message, headers={"www-authenticate": challenge})
+
+
+class PermissionDenied(GatewayError):
+    """The caller is known but policy does not allow this; the message names the permission (403)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class RateLimited(GatewayError):
+    """A per-role rate limit is exhausted; ``Retry-After`` says when to try again (429)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, headers={"retry-after": str(max(1, int(retry_after_s + 0.999)))})
+
+
+class PolicyError(Exception):
+    """A policy file is invalid: the message names the file, the line and the reason."""

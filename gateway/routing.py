@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 from backends import chat_template
@@ -92,9 +92,12 @@ class Router:
         fb = primary.route.fallback
         return [primary] if fb is None else [primary, self._routes[fb]]
 
-    async def generate(self, name: str, gen: Generation) -> Answer:
-        """Open a generation on the first route in the chain that produces a first delta."""
-        chain = self._chain(name, "llm")
+    async def generate(self, name: str, gen: Generation, permitted: Callable[[str], bool] = lambda _: True) -> Answer:
+        """Open a generation on the first route in the chain that produces a first delta.
+
+        A fallback is skipped when ``permitted`` (the caller's policy) does not allow its model.
+        """
+        chain = [r for i, r in enumerate(self._chain(name, "llm")) if i == 0 or permitted(r.route.name)]
         error: UpstreamError | None = None
         for i, r in enumerate(chain):
             g = gen if gen.max_tokens is not None else replace(gen, max_tokens=r.route.default_max_tokens)
@@ -115,8 +118,9 @@ class Router:
         assert error is not None
         raise error
 
-    async def embed(self, name: str, inputs: list[str]) -> tuple[Resolved, Embeddings, bool]:
-        chain = self._chain(name, "embedding")
+    async def embed(self, name: str, inputs: list[str],
+                    permitted: Callable[[str], bool] = lambda _: True) -> tuple[Resolved, Embeddings, bool]:  # fmt: skip
+        chain = [r for i, r in enumerate(self._chain(name, "embedding")) if i == 0 or permitted(r.route.name)]
         error: UpstreamError | None = None
         for i, r in enumerate(chain):
             try:

@@ -125,6 +125,51 @@ class LocalTritonSettings(_Frozen):
     startup_timeout_s: float = Field(180.0, gt=0)
 
 
+class JWTSettings(_Frozen):
+    """OIDC / JWT bearer tokens from an identity provider."""
+
+    issuer: str
+    audience: str
+    jwks_url: str | None = None
+    """The provider's JWKS endpoint; fetched and cached, refetched on an unknown key id."""
+    jwks_file: Path | None = None
+    """A local JWKS file instead of a URL."""
+    jwks_cache_s: float = Field(300.0, gt=0)
+    algorithms: tuple[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"], ...] = (
+        "RS256",
+        "ES256",
+        "EdDSA",
+    )
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    """Clock skew allowed on exp and nbf."""
+    require_nbf: bool = False
+    roles_claim: str = "roles"
+    """Where the roles are: a claim name, or a dotted path such as ``realm_access.roles``."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JWTSettings:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("set exactly one of jwks_url and jwks_file")
+        return self
+
+
+class AuthSettings(_Frozen):
+    """Who may call. Every route but /healthz and /readyz needs a credential."""
+
+    jwt: JWTSettings | None = None
+    api_keys_db: Path | None = None
+    """SQLite file of API keys (salted scrypt hashes); default state_dir/apikeys.sqlite3."""
+
+
+class PolicySettings(_Frozen):
+    """Casbin policy files that security teams own."""
+
+    dir: Path = Path("policies")
+    """Holds model.conf, policy.csv (or policy.d/*.csv), limits.yaml and tests.yaml."""
+    watch: bool = True
+    """Reload on change (validated and tested first; a bad edit keeps the old policy)."""
+
+
 def _default_backends() -> dict[str, TritonBackendSettings | OpenAIBackendSettings]:
     return {"local": TritonBackendSettings(kind="triton", url="embedded")}
 
@@ -148,6 +193,8 @@ class Settings(BaseSettings):
     backends: dict[str, BackendSettings] = Field(default_factory=_default_backends)
     models: tuple[ModelRoute, ...] = Field(default_factory=_default_models)
     local_triton: LocalTritonSettings = LocalTritonSettings()
+    auth: AuthSettings = AuthSettings()
+    policy: PolicySettings = PolicySettings()
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -194,6 +241,10 @@ class Settings(BaseSettings):
             raise ConfigError(_describe(exc, config_file)) from None
         finally:
             _CONFIG_FILE.reset(token)
+
+    @property
+    def api_keys_db(self) -> Path:
+        return self.auth.api_keys_db or self.state_dir / "apikeys.sqlite3"
 
     def local_triton_url(self) -> str:
         return f"127.0.0.1:{self.local_triton.grpc_port}"

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.routing import Router
+from gateway.security import Security
 from gateway.settings import Settings
 
 REQUEST_ID = "gateway.request_id"
@@ -32,6 +33,7 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 class Gateway:
     settings: Settings
     router: Router
+    security: Security
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

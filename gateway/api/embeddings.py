@@ -18,7 +18,11 @@ async def embeddings(request: Request) -> Response:
     inputs = [body.input] if isinstance(body.input, str) else list(body.input)
     if any(not text for text in inputs):
         raise UnprocessableRequest("input must not contain empty strings", param="input")
-    resolved, result, fallback_used = await gw.router.embed(body.model, inputs)
+    adm = gw.security.admit(request, body.model, "embed")
+    resolved, result, fallback_used = await gw.router.embed(
+        body.model, inputs, lambda m: gw.security.allowed(adm.principal, m, "embed")
+    )
+    gw.security.charge(adm, result.prompt_tokens)
     dim = len(result.vectors[0]) if result.vectors else 0
     if body.dimensions is not None and body.dimensions != dim:
         raise UnprocessableRequest(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -58,11 +59,15 @@ def _one_prompt(body: CompletionRequest) -> str:
 
 async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: str, gen: Generation,
                    include_usage: bool) -> Response | EventStream:  # fmt: skip
-    answer = await gw.router.generate(model, gen)
+    adm = gw.security.admit(request, model, "infer", max_tokens=gen.max_tokens, stream=gen.stream)
+    route = gw.router.resolve(model, "llm").route
+    if gen.max_tokens is None and adm.limits.max_tokens is not None:
+        gen = replace(gen, max_tokens=min(adm.limits.max_tokens, route.default_max_tokens))
+    answer = await gw.router.generate(model, gen, lambda m: gw.security.allowed(adm.principal, m, "infer"))
     headers = gw.answer_headers(request, answer.resolved.route.name, answer.fallback_used)
     rid = render.new_id(shape)
     if gen.stream:
-        return EventStream(_events(shape, rid, answer, include_usage), headers)
+        return EventStream(_events(shape, rid, answer, include_usage, lambda n: gw.security.charge(adm, n)), headers)
     try:
         text: list[str] = []
         extra: dict[str, Any] = {}
@@ -75,6 +80,7 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
             usage = delta.usage or usage
     finally:
         await answer.aclose()
+    gw.security.charge(adm, usage.total_tokens if usage else 0)
     obj = render.response(shape, rid, answer.resolved.route.name, "".join(text), finish, usage, extra)
     return json_response(obj, headers=headers)
 
@@ -85,7 +91,8 @@ async def _chain(answer: Answer) -> AsyncIterator[Any]:
         yield delta
 
 
-async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: bool) -> AsyncIterator[bytes]:
+async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: bool,
+                  charge: Callable[[int], None]) -> AsyncIterator[bytes]:  # fmt: skip
     created = int(time.time())
     model = answer.resolved.route.name
     usage: Usage | None = None
@@ -106,4 +113,5 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
         yield event(InternalError(f"internal error in stream {rid}").body())
     finally:
         await answer.aclose()
+        charge(usage.total_tokens if usage else 0)
     yield DONE

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import NotFound
+from gateway.security import PRINCIPAL
 from gateway.settings import ModelRoute
 from gateway.state import Gateway, json_response
 
@@ -19,16 +20,21 @@ def _model(route: ModelRoute) -> dict[str, Any]:
     return {"id": route.name, "object": "model", "created": _CREATED, "owned_by": route.owned_by}
 
 
-async def list_models(request: Request) -> Response:
+async def _visible(request: Request) -> list[ModelRoute]:
+    """Ready models that the caller may use."""
     gw: Gateway = request.app.state.gateway
-    routes = await gw.router.offered()
-    return json_response({"object": "list", "data": [_model(r) for r in routes]})
+    principal = request.scope[PRINCIPAL]
+    return [r for r in await gw.router.offered()
+            if gw.security.allowed(principal, r.name, "embed" if r.kind == "embedding" else "infer")]  # fmt: skip
+
+
+async def list_models(request: Request) -> Response:
+    return json_response({"object": "list", "data": [_model(r) for r in await _visible(request)]})
 
 
 async def get_model(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
     name = request.path_params["model"]
-    for route in await gw.router.offered():
+    for route in await _visible(request):
         if route.name == name:
             return json_response(_model(route))
     raise NotFound(f"The model {name!r} does not exist or you do not have access to it.", param="model")

@@ -1,0 +1,1 @@
+"""Authorization: Casbin policies that security teams own, validated, tested and hot-reloaded."""

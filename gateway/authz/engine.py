@@ -1,0 +1,155 @@
+"""One immutable policy version: Casbin enforcers, role expansion, limits, and a decision cache.
+
+The gateway asks Casbin ``(sub, roles, obj, act)``: ``sub`` is the caller (``apikey:<id>`` or
+``user:<sub>``), ``roles`` the caller's roles as ``role:NAME``, already expanded through the
+``g`` role hierarchy (and through ``g`` lines naming the caller itself), ``obj`` the normalized
+route (``route:/v1/chat/completions``) or model (``model:llama-3``), ``act`` the action.
+
+Casbin evaluates its matcher once per policy line (about 2-5 µs each), so decisions are cached
+per (roles, subject, object, action); a new policy version is a new engine with an empty cache.
+With deny-override, Casbin names the rule only for a deny; for an allow a second enforcer with
+an allow-first effect names the rule that allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import casbin
+from casbin.model import Model
+
+from gateway.authz.files import Limits, PolicyFiles, RateLimit, RoleLimits
+from gateway.errors import PolicyError
+from gateway.identity.principal import Principal
+
+_ALLOW_FIRST = "some(where (p.eft == allow))"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    rule: tuple[str, ...] | None
+    """The policy line that decided, or None when nothing matched (default deny)."""
+
+    @property
+    def reason(self) -> str:
+        if self.rule is not None:
+            return f"{self.rule[3]} by rule {', '.join(self.rule)}"
+        return "no rule allows it (default deny)"
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """A caller's limits: the most generous of its roles' and the default's."""
+
+    max_tokens: int | None
+    stream: bool
+    rates: tuple[RateLimit, ...]
+
+
+def _enforcer(model_text: str, files: PolicyFiles) -> casbin.Enforcer:
+    model = Model()
+    model.load_model_from_text(model_text)
+    e = casbin.Enforcer(model)
+    if files.rules and not e.add_policies(files.rules):
+        raise PolicyError("Casbin refused the rules")
+    if files.groupings and not e.add_named_grouping_policies("g", files.groupings):
+        raise PolicyError("Casbin refused the role links")
+    return e
+
+
+def _allow_first(model_text: str) -> str:
+    lines = []
+    section = ""
+    for line in model_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        if section == "[policy_effect]" and stripped.startswith("e") and "=" in stripped:
+            line = f"e = {_ALLOW_FIRST}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+class PolicyEngine:
+    def __init__(self, files: PolicyFiles, version: int) -> None:
+        self.files = files
+        self.version = version
+        try:
+            self._enforcer = _enforcer(files.model_text, files)
+            self._explainer = _enforcer(_allow_first(files.model_text), files)
+        except PolicyError:
+            raise
+        except Exception as exc:  # casbin raises bare exceptions for a model it cannot use
+            raise PolicyError(f"model.conf: Casbin cannot build an enforcer: {exc}") from None
+        self._decide = lru_cache(maxsize=65536)(self._decide_uncached)
+        self._roles = lru_cache(maxsize=4096)(self._expand_uncached)
+        self._limits = lru_cache(maxsize=4096)(self._limits_uncached)
+
+    def _expand_uncached(self, subject: str, roles: frozenset[str]) -> frozenset[str]:
+        out: set[str] = set()
+        for name in (subject, *(f"role:{r}" for r in roles)):
+            if name.startswith("role:"):
+                out.add(name)
+            out.update(self._enforcer.get_implicit_roles_for_user(name))
+        return frozenset(out)
+
+    def roles(self, principal: Principal) -> frozenset[str]:
+        """The caller's roles as Casbin names, through the whole hierarchy."""
+        return self._roles(principal.subject, principal.roles)
+
+    def _decide_uncached(self, subject: str, roles: frozenset[str], obj: str, act: str) -> Decision:
+        allowed, explain = self._enforcer.enforce_ex(subject, roles, obj, act)
+        if allowed:
+            _, explain = self._explainer.enforce_ex(subject, roles, obj, act)
+        return Decision(bool(allowed), tuple(explain) if explain else None)
+
+    def decide(self, principal: Principal, obj: str, act: str) -> Decision:
+        return self._decide(principal.subject, self.roles(principal), obj, act)
+
+    def _limits_uncached(self, roles: frozenset[str]) -> Effective:
+        limits: Limits = self.files.limits
+        entries = [limits.default] + [limits.roles[r[5:]] for r in sorted(roles) if r[5:] in limits.roles]
+        caps = [e.max_tokens for e in entries if e.max_tokens is not None]
+        streams = [e.stream for e in entries if e.stream is not None]
+        return Effective(
+            max_tokens=max(caps) if caps else None,
+            stream=any(streams) if streams else True,
+            rates=_most_generous(entries),
+        )
+
+    def limits(self, principal: Principal) -> Effective:
+        return self._limits(self.roles(principal))
+
+    def run_tests(self) -> list[str]:
+        """The failures of the policy's own tests (tests.yaml), as readable lines."""
+        failures = []
+        for t in self.files.tests:
+            principal = Principal(t.subject, "user", frozenset(t.roles))
+            d = self.decide(principal, t.object, t.action)
+            got = "allow" if d.allowed else "deny"
+            if got != t.expect:
+                failures.append(f"{t.name}: expected {t.expect}, got {got} ({d.reason})")
+        return failures
+
+
+def _most_generous(entries: list[RoleLimits]) -> tuple[RateLimit, ...]:
+    """Per model pattern, the highest limit any entry grants (an entry without a limit grants none)."""
+    best: dict[str, RateLimit] = {}
+    for entry in entries:
+        for rate in entry.rate:
+            old = best.get(rate.model)
+            if old is None:
+                best[rate.model] = rate
+                continue
+            best[rate.model] = RateLimit(
+                model=rate.model,
+                requests_per_minute=_max(old.requests_per_minute, rate.requests_per_minute),
+                tokens_per_minute=_max(old.tokens_per_minute, rate.tokens_per_minute),
+            )
+    return tuple(best.values())
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else max(a, b)

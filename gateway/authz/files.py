@@ -1,0 +1,189 @@
+"""Read and validate a policy folder, strictly, before Casbin ever sees it.
+
+Casbin's own file adapter accepts broken files silently: a line missing its effect loads and
+later makes every decision raise, a mistyped line type is dropped, an empty or truncated file
+loads what is left. So the gateway parses the CSV itself and refuses, with file, line and
+reason, anything that is not exactly one of:
+
+    p, <subject>, <object>, <action>, allow|deny
+    g, <member>, <role>
+
+The folder holds ``model.conf``, ``policy.csv`` and/or ``policy.d/*.csv``, ``limits.yaml`` and
+``tests.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from casbin.model import Model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.errors import PolicyError
+
+ACTIONS = frozenset({"infer", "embed", "read", "admin", "report", "*"})
+REQUEST = ["sub", "roles", "obj", "act"]
+_SUBJECT = re.compile(r"^(role|user|apikey):[A-Za-z0-9_.@:-]+$")
+_OBJECT = re.compile(r"^(route:/[A-Za-z0-9_./{}-]*|model:[A-Za-z0-9_.:-]*)\*?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateLimit(_Strict):
+    model: str = "*"
+    """A model name, or a pattern ending in * (keyMatch)."""
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+
+class RoleLimits(_Strict):
+    max_tokens: int | None = Field(None, ge=1)
+    """Largest max_tokens a request may ask for (and the cap when it asks for none)."""
+    stream: bool | None = None
+    """Whether streaming is allowed."""
+    rate: tuple[RateLimit, ...] = ()
+
+
+class Limits(_Strict):
+    default: RoleLimits
+    """Applies to every caller; a role's own entry can only raise a limit, never lower it."""
+    roles: dict[str, RoleLimits] = {}
+
+
+class PolicyTest(_Strict):
+    name: str
+    subject: str = "user:test"
+    roles: tuple[str, ...] = ()
+    object: str
+    action: str
+    expect: str = Field(pattern="^(allow|deny)$")
+
+
+class PolicyTests(_Strict):
+    tests: tuple[PolicyTest, ...] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    model_text: str
+    rules: list[list[str]]
+    groupings: list[list[str]]
+    limits: Limits
+    tests: tuple[PolicyTest, ...]
+    digests: dict[str, str]
+    """SHA-256 of each file, by path relative to the folder."""
+
+    @property
+    def digest(self) -> str:
+        """One digest over all files: the policy's version identity."""
+        h = hashlib.sha256()
+        for name in sorted(self.digests):
+            h.update(f"{name}\0{self.digests[name]}\n".encode())
+        return h.hexdigest()
+
+
+def _read(path: Path, root: Path, digests: dict[str, str]) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
+    digests[str(path.relative_to(root))] = hashlib.sha256(raw).hexdigest()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _model(path: Path, text: str) -> None:
+    model = Model()
+    try:
+        model.load_model_from_text(text)
+    except Exception as exc:  # casbin raises bare exceptions of many kinds for a bad model
+        raise PolicyError(f"{path}: invalid Casbin model: {exc}") from None
+    for sec, key in (("r", "r"), ("p", "p"), ("e", "e"), ("m", "m")):
+        if sec not in model.keys() or key not in model[sec]:
+            raise PolicyError(f"{path}: missing section for {key!r}")
+    tokens = [t.removeprefix("r_") for t in model["r"]["r"].tokens]
+    if tokens != REQUEST:
+        raise PolicyError(f"{path}: request_definition must be 'r = {', '.join(REQUEST)}' (the gateway sends these)")
+    if [t.removeprefix("p_") for t in model["p"]["p"].tokens] != ["sub", "obj", "act", "eft"]:
+        raise PolicyError(f"{path}: policy_definition must be 'p = sub, obj, act, eft'")
+
+
+def _csv(path: Path, text: str, rules: list[list[str]], groupings: list[list[str]]) -> None:
+    if text and not text.endswith("\n"):
+        raise PolicyError(f"{path}: the last line has no newline: is the file truncated?")
+    for lineno, row in enumerate(csv.reader(io.StringIO(text), skipinitialspace=True), start=1):
+        fields = [f.strip() for f in row]
+        if not fields or fields == [""] or fields[0].startswith("#"):
+            continue
+        where = f"{path}:{lineno}"
+        kind = fields[0]
+        if kind == "p":
+            if len(fields) != 5:
+                raise PolicyError(f"{where}: a p line needs 4 fields (subject, object, action, allow|deny), has {len(fields) - 1}")
+            _, sub, obj, act, eft = fields
+            if not _SUBJECT.match(sub):
+                raise PolicyError(f"{where}: subject {sub!r} must be role:NAME, user:ID or apikey:ID")
+            if not _OBJECT.match(obj):
+                raise PolicyError(f"{where}: object {obj!r} must be route:/PATH or model:NAME, with * only at the end")
+            if act not in ACTIONS:
+                raise PolicyError(f"{where}: unknown action {act!r} (one of {', '.join(sorted(ACTIONS))})")
+            if eft not in ("allow", "deny"):
+                raise PolicyError(f"{where}: effect must be allow or deny, not {eft!r}")
+            if [sub, obj, act, eft] in rules:
+                raise PolicyError(f"{where}: duplicate rule")
+            rules.append([sub, obj, act, eft])
+        elif kind == "g":
+            if len(fields) != 3:
+                raise PolicyError(f"{where}: a g line needs 2 fields (member, role), has {len(fields) - 1}")
+            if not all(_SUBJECT.match(f) for f in fields[1:]) or not fields[2].startswith("role:"):
+                raise PolicyError(f"{where}: g links a role:, user: or apikey: member to a role:NAME")
+            if fields[1:] in groupings:
+                raise PolicyError(f"{where}: duplicate role link")
+            groupings.append(fields[1:])
+        else:
+            raise PolicyError(f"{where}: unknown line type {kind!r} (p or g)")
+
+
+def _yaml(path: Path, text: str, schema: type[BaseModel]) -> Any:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise PolicyError(f"{path}:{mark.line + 1 if mark else '?'}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise PolicyError(f"{path}: {key}: {err['msg']}") from None
+
+
+def load(root: Path) -> PolicyFiles:
+    """Read and validate every file of the policy folder ``root``; raise PolicyError on the first fault."""
+    digests: dict[str, str] = {}
+    model_path = root / "model.conf"
+    model_text = _read(model_path, root, digests)
+    _model(model_path, model_text)
+    csvs = ([root / "policy.csv"] if (root / "policy.csv").exists() else []) + sorted((root / "policy.d").glob("*.csv"))
+    if not csvs:
+        raise PolicyError(f"{root}: no policy.csv or policy.d/*.csv")
+    rules: list[list[str]] = []
+    groupings: list[list[str]] = []
+    for path in csvs:
+        _csv(path, _read(path, root, digests), rules, groupings)
+    if not any(r[3] == "allow" for r in rules):
+        raise PolicyError(f"{root}: the policy allows nothing (empty or truncated files?)")
+    limits = _yaml(root / "limits.yaml", _read(root / "limits.yaml", root, digests), Limits)
+    tests = _yaml(root / "tests.yaml", _read(root / "tests.yaml", root, digests), PolicyTests)
+    return PolicyFiles(model_text, rules, groupings, limits, tests.tests, digests)
