@@ -91,3 +91,124 @@ def certs(config_file: Path | None) -> None:
         click.echo(f"CA certificate:     {paths.ca_cert}  (trust this one in clients)")
     click.echo(f"server certificate: {paths.cert}")
     click.echo(f"server key:         {paths.key}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (stored as salted scrypt hashes in state_dir/apikeys.sqlite3)."""
+
+
+def _store(config_file: Path | None) -> Any:
+    from gateway.identity.apikeys import APIKeyStore
+
+    return APIKeyStore(_load(config_file).api_keys_db)
+
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _ttl(value: str | None) -> float | None:
+    if value is None:
+        return None
+    unit = value[-1:]
+    if unit not in _DURATION or not value[:-1].isdigit() or int(value[:-1]) <= 0:
+        raise click.BadParameter("use a number and a unit: 30d, 12h, 15m, 90s", param_hint="--expires-in")
+    return int(value[:-1]) * _DURATION[unit]
+
+
+@keys.command("create")
+@_config
+@click.option("--owner", required=True, help="Who the key is for (a team, a service).")
+@click.option("--role", "roles", multiple=True, required=True, help="A role from the policy; repeat for several.")
+@click.option("--expires-in", default=None, help="Lifetime such as 90d or 12h (default: no expiry).")
+def keys_create(config_file: Path | None, owner: str, roles: tuple[str, ...], expires_in: str | None) -> None:
+    """Create a key. The key is printed once and never stored."""
+    store = _store(config_file)
+    info, secret = store.create(owner, list(roles), _ttl(expires_in))
+    store.close()
+    click.echo(f"key id:  {info.id}\nowner:   {owner}\nroles:   {', '.join(roles)}")
+    click.echo(f"expires: {_when(info.expires) if info.expires else 'never'}")
+    click.echo(f"\n{secret}\n\nStore this key now: it is shown only once.")
+
+
+def _when(ts: float | None) -> str:
+    import datetime as dt
+
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@keys.command("list")
+@_config
+def keys_list(config_file: Path | None) -> None:
+    """List keys (ids, owners, roles, dates; never secrets)."""
+    store = _store(config_file)
+    rows = store.list()
+    store.close()
+    click.echo(f"{'ID':<12}  {'OWNER':<20}  {'ROLES':<20}  {'CREATED':<20}  {'EXPIRES':<20}  STATUS")
+    for k in rows:
+        status = "revoked" if k.revoked else "active"
+        click.echo(f"{k.id:<12}  {k.owner:<20}  {','.join(k.roles):<20}  {_when(k.created):<20}  "
+                   f"{_when(k.expires):<20}  {status}")  # fmt: skip
+
+
+@keys.command("revoke")
+@_config
+@click.argument("key_id")
+def keys_revoke(config_file: Path | None, key_id: str) -> None:
+    """Revoke a key at once (running gateways refuse it from their next request)."""
+    store = _store(config_file)
+    ok = store.revoke(key_id)
+    store.close()
+    if not ok:
+        raise click.ClickException(f"no active key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def policy() -> None:
+    """Check and test the policy files that security teams own."""
+
+
+_policy_dir = click.argument("directory", required=False, type=click.Path(path_type=Path, file_okay=False))
+
+
+@policy.command("check")
+@_policy_dir
+def policy_check(directory: Path | None) -> None:
+    """Validate model.conf, the policy CSV files, limits.yaml and tests.yaml."""
+    from gateway.authz import files
+    from gateway.authz.engine import PolicyEngine
+    from gateway.errors import PolicyError
+
+    root = directory or Path("policies")
+    try:
+        loaded = files.load(root)
+        PolicyEngine(loaded, 1)
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{root}: OK: {len(loaded.rules)} rules, {len(loaded.groupings)} role links, "
+               f"{len(loaded.tests)} tests; digest {loaded.digest[:16]}")  # fmt: skip
+
+
+@policy.command("test")
+@_policy_dir
+def policy_test(directory: Path | None) -> None:
+    """Run the policy's own tests (tests.yaml) against it."""
+    from gateway.authz import files
+    from gateway.authz.engine import PolicyEngine
+    from gateway.errors import PolicyError
+
+    root = directory or Path("policies")
+    try:
+        engine = PolicyEngine(files.load(root), 1)
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+    failures = engine.run_tests()
+    for t in engine.files.tests:
+        mark = "FAIL" if any(f.startswith(f"{t.name}:") for f in failures) else "ok  "
+        click.echo(f"{mark}  {t.name}")
+    for f in failures:
+        click.echo(f"  {f}", err=True)
+    if failures:
+        raise click.ClickException(f"{len(failures)} of {len(engine.files.tests)} policy tests failed")
+    click.echo(f"{len(engine.files.tests)} passed, 0 failed")

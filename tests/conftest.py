@@ -18,8 +18,12 @@ from starlette.applications import Starlette
 
 from backends.local.launcher import MODEL_SETS, LocalTriton
 from gateway.app import create_app
+from gateway.identity.apikeys import APIKeyStore
 from gateway.server import uvicorn_server
 from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
 
 TEST_MODELS: list[dict[str, Any]] = [
     {"name": "echo", "backend": "triton"},
@@ -60,9 +64,19 @@ def make_settings(triton: LocalTriton, tmp_path: Path, **overrides: Any) -> Sett
         },
         "models": TEST_MODELS,
         "server": {"host": "127.0.0.1", "port": 0},
+        "policy": {"dir": POLICIES, "watch": False},
     }
     values.update(overrides)
     return Settings.load(None, **values)
+
+
+def new_key(settings: Settings, *roles: str, owner: str = "tests") -> str:
+    """A fresh API key with ``roles`` in the key store of ``settings``."""
+    store = APIKeyStore(settings.api_keys_db)
+    try:
+        return store.create(owner, list(roles or ("admin",)))[1]
+    finally:
+        store.close()
 
 
 @pytest.fixture
@@ -71,17 +85,19 @@ async def settings(triton: LocalTriton, tmp_path: Path) -> Settings:
 
 
 @asynccontextmanager
-async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client calling ``app`` in-process, with its lifespan entered."""
+async def in_process(app: Starlette, key: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling ``app`` in-process (with ``key`` as its bearer), lifespan entered."""
+    headers = {"authorization": f"Bearer {key}"} if key else {}
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers) as client:
             yield client
 
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with in_process(create_app(settings)) as c:
+    """An in-process client holding an admin API key."""
+    async with in_process(create_app(settings), new_key(settings, "admin")) as c:
         yield c
 
 
@@ -90,6 +106,7 @@ class LiveServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.api_key = new_key(settings, "admin")
         self.server: uvicorn.Server = uvicorn_server(settings)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -116,9 +133,10 @@ class LiveServer:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 
-    def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """An httpx client that trusts this server's CA, with ``base_url`` set to the server."""
-        return httpx.AsyncClient(verify=self.ssl_context(), base_url=self.url, **kwargs)
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        """An httpx client trusting this server's CA, for its URL, with an admin key unless ``key``."""
+        headers = {"authorization": f"Bearer {key or self.api_key}"}
+        return httpx.AsyncClient(verify=self.ssl_context(), base_url=self.url, headers=headers, **kwargs)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()

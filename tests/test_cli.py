@@ -22,6 +22,8 @@ from click.testing import CliRunner
 from backends.local.launcher import free_port
 from gateway.cli import main
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def test_certs_command(tmp_path: Path) -> None:
     """``gateway certs`` makes the dev CA and server certificate and says where they are."""
@@ -58,9 +60,10 @@ def test_models_command(triton, tmp_path: Path) -> None:
     assert lines["echo"].endswith("ready") and lines["lost"].endswith("NOT READY")
 
 
-def _get(url: str, ctx: ssl.SSLContext, body: dict | None = None) -> tuple[int, dict]:
+def _get(url: str, ctx: ssl.SSLContext, body: dict | None = None, key: str = "") -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json",
+                                                          "authorization": f"Bearer {key}"})  # fmt: skip
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -77,7 +80,11 @@ def test_serve_with_embedded_triton(tmp_path: Path) -> None:
         "state_dir": str(tmp_path / "state"),
         "server": {"host": "127.0.0.1", "port": port},
         "local_triton": {"grpc_port": triton_port, "http_port": free_port(), "metrics_port": free_port()},
+        "policy": {"dir": str(ROOT / "policies")},
     }))  # fmt: skip
+    created = CliRunner().invoke(main, ["keys", "create", "--config", str(cfg), "--owner", "readme", "--role", "user"])
+    assert created.exit_code == 0, created.output
+    key = next(line for line in created.output.splitlines() if line.startswith("gk_"))
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(cfg)],
@@ -96,11 +103,12 @@ def test_serve_with_embedded_triton(tmp_path: Path) -> None:
         ctx = ssl.create_default_context(cafile=ca)
         status, body = _get(f"https://localhost:{port}/v1/chat/completions", ctx, {
             "model": "smollm2-135m-instruct", "max_tokens": 16, "temperature": 0,
-            "messages": [{"role": "user", "content": "Name the capital of France."}]})  # fmt: skip
+            "messages": [{"role": "user", "content": "Name the capital of France."}]}, key)  # fmt: skip
         assert status == 200, body
         assert "Paris" in body["choices"][0]["message"]["content"]
         if shutil.which("curl"):
-            out = subprocess.run(["curl", "-sS", "--cacert", str(ca), f"https://localhost:{port}/v1/models"],
+            out = subprocess.run(["curl", "-sS", "--cacert", str(ca), "-H", f"Authorization: Bearer {key}",
+                                  f"https://localhost:{port}/v1/models"],
                                  capture_output=True, text=True, timeout=30, check=True).stdout  # fmt: skip
             assert {m["id"] for m in json.loads(out)["data"]} == {"smollm2-135m-instruct", "e5-small"}
     finally:

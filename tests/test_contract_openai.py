@@ -14,7 +14,7 @@ async def sdk(live):
     server = live()
     client = openai.AsyncOpenAI(
         base_url=f"{server.url}/v1",
-        api_key="unused",
+        api_key=server.api_key,
         max_retries=0,
         http_client=httpx.AsyncClient(verify=server.ssl_context()),
     )

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.triton
 @pytest.fixture
 async def upstream(live) -> AsyncIterator[OpenAIHTTPBackend]:
     server = live(tls={"enabled": False})
-    backend = OpenAIHTTPBackend("up", f"{server.url}/v1", api_key="k", timeout_s=30, connect_timeout_s=2,
+    backend = OpenAIHTTPBackend("up", f"{server.url}/v1", api_key=server.api_key, timeout_s=30, connect_timeout_s=2,
                                 max_connections=8)  # fmt: skip
     yield backend
     await backend.aclose()
