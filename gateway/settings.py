@@ -135,11 +135,15 @@ class JWTSettings(_Frozen):
     jwks_file: Path | None = None
     """A local JWKS file instead of a URL."""
     jwks_cache_s: float = Field(300.0, gt=0)
-    algorithms: tuple[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"], ...] = (
+    jwks_min_refetch_s: float = Field(30.0, ge=0)
+    """Least time between fetches forced by an unknown key id (rotation), so bad tokens cannot flood the IdP."""
+    algorithms: tuple[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "Ed25519"], ...] = (
         "RS256",
         "ES256",
         "EdDSA",
+        "Ed25519",
     )
+    """Allowed signature algorithms; never none or HS* (a JWKS holds public keys)."""
     leeway_s: float = Field(30.0, ge=0, le=300)
     """Clock skew allowed on exp and nbf."""
     require_nbf: bool = False

@@ -11,19 +11,19 @@ checked with ``leeway_s`` of clock skew.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from gateway.identity.principal import Principal
 from gateway.settings import JWTSettings
 
-_REFETCH_S = 30.0
 Fetch = Callable[[str], Awaitable[bytes]]
 
 
@@ -38,6 +38,14 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
             return None
         value = value.get(part)
     return value
+
+
+def _decode(token: str, keys: KeySet, algorithms: list[str]) -> jwt.Token:
+    # joserfc warns on every EdDSA token (RFC 9864 prefers the name Ed25519); identity providers
+    # still issue EdDSA, which the configuration allows on purpose.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)
+        return jwt.decode(token, keys, algorithms=algorithms)
 
 
 class JWTVerifier:
@@ -69,7 +77,7 @@ class JWTVerifier:
             assert self._keys is not None
             return self._keys
         age = time.monotonic() - self._fetched_at
-        if self._keys is None or age > self._cfg.jwks_cache_s or (force and age > _REFETCH_S):
+        if self._keys is None or age > self._cfg.jwks_cache_s or (force and age >= self._cfg.jwks_min_refetch_s):
             self._keys = self._parse(await self._fetch(self._cfg.jwks_url))
             self._fetched_at = time.monotonic()
         return self._keys
@@ -78,11 +86,11 @@ class JWTVerifier:
         algorithms = list(self._cfg.algorithms)
         try:
             try:
-                decoded = jwt.decode(token, await self._keyset(), algorithms=algorithms)
+                decoded = _decode(token, await self._keyset(), algorithms)
             except JoseError as exc:
                 if exc.error != "invalid_key_id" or self._cfg.jwks_url is None:
                     raise
-                decoded = jwt.decode(token, await self._keyset(force=True), algorithms=algorithms)
+                decoded = _decode(token, await self._keyset(force=True), algorithms)
             self._registry.validate(decoded.claims)
         except JoseError as exc:
             raise TokenError(f"{exc.error}: {exc.description or ''}".rstrip(": ")) from None
