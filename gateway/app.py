@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,8 +28,8 @@ from gateway.errors import ConfigError, GatewayError, InternalError, MethodNotAl
 from gateway.identity.apikeys import APIKeyStore
 from gateway.identity.authenticate import Authenticator
 from gateway.identity.jwt import JWTVerifier
-from gateway.security import Security, guard
 from gateway.routing import Router
+from gateway.security import Security, guard
 from gateway.settings import OpenAIBackendSettings, Settings
 from gateway.state import Gateway, json_response, request_id
 

@@ -28,4 +28,3 @@ class LogAuditSink:
     def record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         line = {"ts": round(time.time(), 3), "kind": kind, "actor": actor, **data}
         _log.info("%s", orjson.dumps(line, default=str).decode())
-

@@ -118,8 +118,9 @@ class Router:
         assert error is not None
         raise error
 
-    async def embed(self, name: str, inputs: list[str],
-                    permitted: Callable[[str], bool] = lambda _: True) -> tuple[Resolved, Embeddings, bool]:  # fmt: skip
+    async def embed(
+        self, name: str, inputs: list[str], permitted: Callable[[str], bool] = lambda _: True
+    ) -> tuple[Resolved, Embeddings, bool]:
         chain = [r for i, r in enumerate(self._chain(name, "embedding")) if i == 0 or permitted(r.route.name)]
         error: UpstreamError | None = None
         for i, r in enumerate(chain):

@@ -87,4 +87,3 @@ class Security:
 
     def charge(self, admission: Admission, tokens: int) -> None:
         self.limiter.add_tokens(admission.windows, tokens)
-

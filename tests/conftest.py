@@ -38,6 +38,7 @@ TEST_MODELS: list[dict[str, Any]] = [
     {"name": "echo-v7", "backend": "triton", "model": "echo", "version": "7"},
     {"name": "gone", "backend": "nowhere", "model": "echo", "fallback": "echo"},
     {"name": "gone-alone", "backend": "nowhere", "model": "echo"},
+    {"name": "gone-to-vllm", "backend": "nowhere", "model": "echo", "fallback": "vllm-echo"},
 ]
 
 

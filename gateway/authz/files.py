@@ -110,7 +110,7 @@ def _model(path: Path, text: str) -> None:
     except Exception as exc:  # casbin raises bare exceptions of many kinds for a bad model
         raise PolicyError(f"{path}: invalid Casbin model: {exc}") from None
     for sec, key in (("r", "r"), ("p", "p"), ("e", "e"), ("m", "m")):
-        if sec not in model.keys() or key not in model[sec]:
+        if sec not in model.model or key not in model[sec]:
             raise PolicyError(f"{path}: missing section for {key!r}")
     tokens = [t.removeprefix("r_") for t in model["r"]["r"].tokens]
     if tokens != REQUEST:
@@ -130,7 +130,9 @@ def _csv(path: Path, text: str, rules: list[list[str]], groupings: list[list[str
         kind = fields[0]
         if kind == "p":
             if len(fields) != 5:
-                raise PolicyError(f"{where}: a p line needs 4 fields (subject, object, action, allow|deny), has {len(fields) - 1}")
+                raise PolicyError(
+                    f"{where}: a p line needs 4 fields (subject, object, action, allow|deny), has {len(fields) - 1}"
+                )
             _, sub, obj, act, eft = fields
             if not _SUBJECT.match(sub):
                 raise PolicyError(f"{where}: subject {sub!r} must be role:NAME, user:ID or apikey:ID")
@@ -160,7 +162,9 @@ def _yaml(path: Path, text: str, schema: type[BaseModel]) -> Any:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise PolicyError(f"{path}:{mark.line + 1 if mark else '?'}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise PolicyError(
+            f"{path}:{mark.line + 1 if mark else '?'}: invalid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

@@ -97,7 +97,9 @@ class APIKeyStore:
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key; False when there is no such key or it was already revoked."""
-        cur = self._db.execute("UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (time.time(), key_id))
+        cur = self._db.execute(
+            "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (time.time(), key_id)
+        )
         return cur.rowcount == 1
 
     async def verify(self, token: str) -> Principal:

@@ -27,7 +27,9 @@ class Authenticator:
     async def authenticate(self, headers: Headers) -> Principal:
         value = headers.get("authorization")
         if not value:
-            raise Unauthenticated("missing credential: send 'Authorization: Bearer <API key or token>'", presented=False)
+            raise Unauthenticated(
+                "missing credential: send 'Authorization: Bearer <API key or token>'", presented=False
+            )
         scheme, _, token = value.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:

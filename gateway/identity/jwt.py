@@ -83,7 +83,7 @@ class JWTVerifier:
         return self._keys
 
     async def verify(self, token: str) -> Principal:
-        algorithms = list(self._cfg.algorithms)
+        algorithms: list[str] = list(self._cfg.algorithms)
         try:
             try:
                 decoded = _decode(token, await self._keyset(), algorithms)

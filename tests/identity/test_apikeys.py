@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,8 @@ async def test_create_and_verify(store: APIKeyStore, tmp_path: Path) -> None:
     assert p.subject == f"apikey:{info.id}" and p.roles == {"service"} and p.owner == "billing-svc"
     secret = key.rsplit("_", 1)[1]
     raw = (tmp_path / "keys.sqlite3").read_bytes() + b"".join(
-        bytes(r[0]) + bytes(r[1]) for r in sqlite3.connect(tmp_path / "keys.sqlite3").execute("SELECT salt, hash FROM api_keys")
+        bytes(r[0]) + bytes(r[1])
+        for r in sqlite3.connect(tmp_path / "keys.sqlite3").execute("SELECT salt, hash FROM api_keys")
     )
     assert secret.encode() not in raw and key.encode() not in raw
     _, key2 = store.create("billing-svc", ["service"])
@@ -64,7 +65,7 @@ async def test_expiry(store: APIKeyStore) -> None:
     """An expired key is refused."""
     _, key = store.create("o", ["user"], ttl_s=1.0)
     await store.verify(key)
-    time.sleep(1.1)  # expiry is wall-clock time: let it pass
+    await asyncio.sleep(1.1)  # expiry is wall-clock time: let it pass
     with pytest.raises(KeyError_, match="expired"):
         await store.verify(key)
 

@@ -1,0 +1,118 @@
+"""Policy folders: every way a security team's edit can break is refused with file, line and reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.authz.store import build
+from gateway.cli import main
+from gateway.errors import PolicyError
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    dst = tmp_path / "policies"
+    shutil.copytree(POLICIES, dst)
+    return dst
+
+
+def test_shipped_policy_is_valid_and_passes_its_tests() -> None:
+    """The policy in the repository loads and passes its own tests."""
+    engine = build(POLICIES, 1)
+    assert engine.run_tests() == [] and len(engine.files.tests) >= 10
+
+
+def _edit(folder: Path, name: str, text: str | bytes) -> None:
+    path = folder / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+
+
+GOOD = (POLICIES / "policy.csv").read_text()
+N = GOOD.count("\n") + 1  # the number of a line appended to the good file
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("policy.csv", GOOD + "p, role:user, model:x, infer\n", f"policy.csv:{N}: a p line needs 4 fields"),
+        (
+            "policy.csv",
+            GOOD + "p, role:user, model:x, infer, allow, extra\n",
+            f"policy.csv:{N}: a p line needs 4 fields",
+        ),
+        ("policy.csv", GOOD + "pp, role:user, model:x, infer, allow\n", f"policy.csv:{N}: unknown line type 'pp'"),
+        ("policy.csv", GOOD + "p, role:user, model:x, infr, allow\n", "unknown action 'infr'"),
+        ("policy.csv", GOOD + "p, role:user, model:llama-*-chat, infer, allow\n", "with * only at the end"),
+        ("policy.csv", GOOD + "p, role:user, model:x, infer, permit\n", "effect must be allow or deny"),
+        ("policy.csv", GOOD + "p, admin, model:x, infer, allow\n", "must be role:NAME, user:ID or apikey:ID"),
+        ("policy.csv", GOOD + "g, role:a\n", "a g line needs 2 fields"),
+        ("policy.csv", GOOD + "p, role:user, model:e5-*, embed, allow\n", "duplicate rule"),
+        ("policy.csv", "", "the policy allows nothing"),
+        ("policy.csv", "# all comments\n", "the policy allows nothing"),
+        ("policy.csv", GOOD[: len(GOOD) // 3], "the last line has no newline: is the file truncated?"),
+        # cut at a line boundary: it parses, but the policy's own tests catch the lost rules
+        ("policy.csv", GOOD[: GOOD.index("# administrators")], "tests.yaml: 1 policy test(s) failed: admins"),
+        ("policy.csv", b"\xff\xfe\x00garbage", "not UTF-8"),
+        ("model.conf", "[request_definition]\nr = sub, obj, act\n", "model.conf"),
+        ("limits.yaml", "default:\n  max_tokens: -5\n", "limits.yaml: default.max_tokens"),
+        ("limits.yaml", "default: {stream: true}\nroles:\n  user: {max_tokenz: 5}\n", "roles.user.max_tokenz"),
+        (
+            "tests.yaml",
+            "tests:\n  - name: x\n    roles: [user]\n    object: model:smollm2-1\n"
+            "    action: infer\n    expect: deny\n",
+            "1 policy test(s) failed: x: expected deny, got allow",
+        ),
+        ("tests.yaml", "tests: []\n", "tests.yaml: tests"),
+    ],
+)
+def test_broken_files_are_rejected(folder: Path, name: str, content: str | bytes, expected: str) -> None:
+    """Each broken edit is refused, naming the file (and line where there is one) and the reason."""
+    _edit(folder, name, content)
+    with pytest.raises(PolicyError) as info:
+        build(folder, 2)
+    assert expected in str(info.value)
+
+
+def test_missing_files(folder: Path) -> None:
+    """A missing policy file is refused, not treated as empty."""
+    (folder / "policy.csv").unlink()
+    with pytest.raises(PolicyError, match=r"no policy\.csv"):
+        build(folder, 2)
+    shutil.copy(POLICIES / "policy.csv", folder / "policy.csv")
+    (folder / "tests.yaml").unlink()
+    with pytest.raises(PolicyError, match=r"tests\.yaml: cannot read"):
+        build(folder, 2)
+
+
+def test_policy_d_folder(folder: Path) -> None:
+    """Rules may be split over policy.d/*.csv; their lines are numbered per file."""
+    (folder / "policy.d").mkdir()
+    (folder / "policy.d" / "10-extra.csv").write_text("p, role:user, model:qwen-*, infer, allow\np, role:x\n")
+    with pytest.raises(PolicyError, match=r"10-extra.csv:2: a p line"):
+        build(folder, 2)
+    (folder / "policy.d" / "10-extra.csv").write_text("p, role:user, model:qwen-*, infer, allow\n")
+    assert build(folder, 2).files.digests["policy.d/10-extra.csv"]
+
+
+def test_policy_cli(folder: Path) -> None:
+    """gateway policy check and test succeed on a good folder and exit 1 with the reason on a bad one."""
+    runner = CliRunner()
+    ok = runner.invoke(main, ["policy", "check", str(folder)])
+    assert ok.exit_code == 0 and "OK" in ok.output
+    tested = runner.invoke(main, ["policy", "test", str(folder)])
+    assert tested.exit_code == 0 and "0 failed" in tested.output
+    _edit(folder, "policy.csv", GOOD + "p, role:user, model:x, infr, allow\n")
+    bad = runner.invoke(main, ["policy", "check", str(folder)])
+    assert bad.exit_code == 1 and f"policy.csv:{N}: unknown action 'infr'" in bad.output
+    _edit(folder, "policy.csv", GOOD.replace("p, role:contractor, model:llama-guard-*, infer, deny\n", ""))
+    failing = runner.invoke(main, ["policy", "test", str(folder)])
+    assert failing.exit_code == 1 and "FAIL  contractors never reach the safety classifier" in failing.output
