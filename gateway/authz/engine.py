@@ -6,7 +6,8 @@ The gateway asks Casbin ``(sub, roles, obj, act)``: ``sub`` is the caller (``api
 route (``route:/v1/chat/completions``) or model (``model:llama-3``), ``act`` the action.
 
 Casbin evaluates its matcher once per policy line (about 2-5 µs each), so decisions are cached
-per (roles, subject, object, action); a new policy version is a new engine with an empty cache.
+per (roles, object, action), and per subject only for subjects the policy names; a new policy
+version is a new engine with an empty cache.
 With deny-override, Casbin names the rule only for a deny; for an allow a second enforcer with
 an allow-first effect names the rule that allowed.
 """
@@ -48,13 +49,13 @@ class Effective:
     rates: tuple[RateLimit, ...]
 
 
-def _enforcer(model_text: str, files: PolicyFiles) -> casbin.Enforcer:
+def _enforcer(model_text: str, rules: list[list[str]], groupings: list[list[str]]) -> casbin.Enforcer:
     model = Model()
     model.load_model_from_text(model_text)
     e = casbin.Enforcer(model)
-    if files.rules and not e.add_policies(files.rules):
+    if rules and not e.add_policies(rules):
         raise PolicyError("Casbin refused the rules")
-    if files.groupings and not e.add_named_grouping_policies("g", files.groupings):
+    if groupings and not e.add_named_grouping_policies("g", groupings):
         raise PolicyError("Casbin refused the role links")
     return e
 
@@ -76,13 +77,26 @@ class PolicyEngine:
     def __init__(self, files: PolicyFiles, version: int) -> None:
         self.files = files
         self.version = version
+        by_subject: dict[str, list[list[str]]] = {}
+        for rule in files.rules:
+            by_subject.setdefault(rule[0], []).append(rule)
+        explaining = _allow_first(files.model_text)
         try:
-            self._enforcer = _enforcer(files.model_text, files)
-            self._explainer = _enforcer(_allow_first(files.model_text), files)
+            # The whole policy, for role expansion and to check the index below against.
+            self._enforcer = _enforcer(files.model_text, files.rules, files.groupings)
+            # One small enforcer pair per rule subject: a decision consults only the caller's own
+            # and its roles' rules (tens of lines, not thousands).
+            self._index = {
+                sub: (_enforcer(files.model_text, rules, []), _enforcer(explaining, rules, []))
+                for sub, rules in by_subject.items()
+            }
         except PolicyError:
             raise
         except Exception as exc:  # casbin raises bare exceptions for a model it cannot use
             raise PolicyError(f"model.conf: Casbin cannot build an enforcer: {exc}") from None
+        # Subjects that rules or role links name; any other caller is decided by its roles alone,
+        # so callers with the same roles share cached decisions.
+        self._named = frozenset(r[0] for r in files.rules) | frozenset(g[0] for g in files.groupings)
         self._decide = lru_cache(maxsize=65536)(self._decide_uncached)
         self._roles = lru_cache(maxsize=4096)(self._expand_uncached)
         self._limits = lru_cache(maxsize=4096)(self._limits_uncached)
@@ -100,13 +114,29 @@ class PolicyEngine:
         return self._roles(principal.subject, principal.roles)
 
     def _decide_uncached(self, subject: str, roles: frozenset[str], obj: str, act: str) -> Decision:
-        allowed, explain = self._enforcer.enforce_ex(subject, roles, obj, act)
-        if allowed:
-            _, explain = self._explainer.enforce_ex(subject, roles, obj, act)
-        return Decision(bool(allowed), tuple(explain) if explain else None)
+        allow: list[str] | None = None
+        for key in sorted(({subject} | roles) & self._index.keys()):
+            main, explainer = self._index[key]
+            ok, explain = main.enforce_ex(subject, roles, obj, act)
+            if not ok and explain:
+                return Decision(False, tuple(explain))  # an explicit deny overrides every allow
+            if ok and allow is None:
+                allow = explainer.enforce_ex(subject, roles, obj, act)[1] or None
+        return Decision(allow is not None, tuple(allow) if allow else None)
+
+    def check_index(self, cases: list[tuple[str, frozenset[str], str, str]]) -> list[str]:
+        """Disagreements between the indexed decisions and the whole policy's (a matcher that does
+        not select rules by subject would make the index wrong)."""
+        bad = []
+        for subject, roles, obj, act in cases:
+            whole = bool(self._enforcer.enforce(subject, roles, obj, act))
+            if whole != self._decide_uncached(subject, roles, obj, act).allowed:
+                bad.append(f"({subject}, {sorted(roles)}, {obj}, {act})")
+        return bad
 
     def decide(self, principal: Principal, obj: str, act: str) -> Decision:
-        return self._decide(principal.subject, self.roles(principal), obj, act)
+        subject = principal.subject if principal.subject in self._named else "-"
+        return self._decide(subject, self.roles(principal), obj, act)
 
     def _limits_uncached(self, roles: frozenset[str]) -> Effective:
         limits: Limits = self.files.limits
@@ -124,6 +154,12 @@ class PolicyEngine:
 
     def run_tests(self) -> list[str]:
         """The failures of the policy's own tests (tests.yaml), as readable lines."""
+        cases = [(t.subject, self.roles(Principal(t.subject, "user", frozenset(t.roles))), t.object, t.action)
+                 for t in self.files.tests]  # fmt: skip
+        bad = self.check_index(cases)
+        if bad:
+            return [f"model.conf: the matcher must select rules by subject (r.sub == p.sub || p.sub in r.roles); "
+                    f"decisions differ for {', '.join(bad)}"]  # fmt: skip
         failures = []
         for t in self.files.tests:
             principal = Principal(t.subject, "user", frozenset(t.roles))
