@@ -14,6 +14,8 @@ run: $(STAMP)
 	$(VENV)/bin/gateway serve $(if $(CONFIG),--config $(CONFIG))
 
 test: $(STAMP)
+	$(VENV)/bin/gateway policy check
+	$(VENV)/bin/gateway policy test
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)

@@ -153,6 +153,8 @@ class Endpoint:
 
     port: int
     ssl: ssl.SSLContext | None = None
+    api_key: str | None = None
+    """Sent as a bearer token (the gateway authenticates every request)."""
 
     async def connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -162,6 +164,8 @@ class Endpoint:
 
     def request_bytes(self, method: str, path: str, body: bytes = b"", ctype: str = "application/json") -> bytes:
         head = f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\naccept: */*\r\n"
+        if self.api_key:
+            head += f"authorization: Bearer {self.api_key}\r\n"
         if body or method == "POST":
             head += f"content-type: {ctype}\r\ncontent-length: {len(body)}\r\n"
         return head.encode() + b"\r\n" + body

@@ -11,14 +11,29 @@ removed at exit); with ``--tls`` the gateway makes its local CA there, at ``tls/
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import socket
 import sys
 import tempfile
 from pathlib import Path
 
+from gateway.identity.apikeys import APIKeyStore
 from gateway.server import configure_logging, uvicorn_server
 from gateway.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_policy(state_dir: Path) -> Path:
+    """The shipped policy, plus a rule for the ``bench`` model and rate limits that never bind."""
+    folder = state_dir / "policies"
+    shutil.copytree(ROOT / "policies", folder, dirs_exist_ok=True)
+    with (folder / "policy.csv").open("a") as f:
+        f.write("p, role:service, model:bench, infer, allow\n")
+    limits = (folder / "limits.yaml").read_text().replace("requests_per_minute: 1200", "requests_per_minute: 100000000")
+    (folder / "limits.yaml").write_text(limits.replace("tokens_per_minute: 1200000", "tokens_per_minute: 100000000000"))
+    return folder
 
 
 def settings_for(upstream_port: int, port: int, state_dir: Path, *, tls: bool) -> Settings:
@@ -26,6 +41,7 @@ def settings_for(upstream_port: int, port: int, state_dir: Path, *, tls: bool) -
     return Settings.load(
         None,
         state_dir=state_dir,
+        policy={"dir": bench_policy(state_dir), "watch": False},
         local_triton={"enabled": False},
         tls={"enabled": tls},
         backends={"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1"}},
@@ -40,7 +56,11 @@ def _run(upstream_port: int, port: int, state_dir: Path, tls: bool) -> int:
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     bound = sock.getsockname()[1]
-    server = uvicorn_server(settings_for(upstream_port, bound, state_dir, tls=tls))
+    settings = settings_for(upstream_port, bound, state_dir, tls=tls)
+    store = APIKeyStore(settings.api_keys_db)
+    (state_dir / "bench.key").write_text(store.create("bench", ["service"])[1])
+    store.close()
+    server = uvicorn_server(settings)
     print(f"PORT {bound}", flush=True)
     server.run(sockets=[sock])
     return 0 if server.started else 1

@@ -301,6 +301,11 @@ def _tls_context(ca: Path) -> ssl.SSLContext:
     return ctx
 
 
+def _key(state_dir: Path) -> str:
+    """The API key the gateway process made for the bench (written before it printed its port)."""
+    return (state_dir / "bench.key").read_text().strip()
+
+
 def _run(plan: Plan, tls: bool, json_out: Path | None) -> int:
     info = _procs.machine()
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp, contextlib.ExitStack() as stack:
@@ -318,12 +323,15 @@ def _run(plan: Plan, tls: bool, json_out: Path | None) -> int:
                                        ["--upstream-port", up, "--state-dir", str(d / "gw-tls"), "--tls"],
                                        d / "gateway-tls.log")  # fmt: skip
             stack.callback(gateway_tls.stop)
-        targets = [Target("direct", Endpoint(upstream.port), upstream),
-                   Target("gateway", Endpoint(_procs.wait_port(gateway, 60.0)), gateway)]  # fmt: skip
+        gateway_port = _procs.wait_port(gateway, 60.0)
+        targets = [
+            Target("direct", Endpoint(upstream.port), upstream),
+            Target("gateway", Endpoint(gateway_port, api_key=_key(d / "gw")), gateway),
+        ]
         if gateway_tls is not None:
             port = _procs.wait_port(gateway_tls, 60.0)  # the CA exists once the port is printed
             ctx = _tls_context(d / "gw-tls" / "tls" / "ca.pem")
-            targets.append(Target("gateway+tls", Endpoint(port, ctx), gateway_tls))
+            targets.append(Target("gateway+tls", Endpoint(port, ctx, api_key=_key(d / "gw-tls")), gateway_tls))
         try:
             import uvloop
 
