@@ -12,6 +12,8 @@ import uvicorn
 
 from backends.local.launcher import MODEL_SETS, LocalTriton
 from gateway.app import create_app
+from gateway.authz.store import build as build_policy
+from gateway.errors import ConfigError, PolicyError
 from gateway.settings import Settings
 from gateway.tls import ensure_certificates, server_context
 
@@ -46,6 +48,10 @@ def uvicorn_server(settings: Settings) -> uvicorn.Server:
 
 def serve(settings: Settings) -> int:
     """Run until SIGINT or SIGTERM; both stop uvicorn gracefully, then the local Triton."""
+    try:  # a bad policy stops the start with its file, line and reason, before anything runs
+        build_policy(settings.policy.dir, 1)
+    except PolicyError as exc:
+        raise ConfigError(f"policy: {exc}") from None
     # uvicorn re-raises the signal it caught once it has shut down; with this handler SIGTERM
     # arrives here as KeyboardInterrupt, like SIGINT, so the finally below always runs.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

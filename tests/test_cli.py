@@ -121,3 +121,22 @@ def test_serve_with_embedded_triton(tmp_path: Path) -> None:
     assert proc.returncode == 0, log.read_text()[-3000:]
     with socket.socket() as s:  # the embedded Triton went down with the gateway
         assert s.connect_ex(("127.0.0.1", triton_port)) != 0
+
+
+def test_serve_refuses_a_bad_policy(tmp_path: Path) -> None:
+    """``gateway serve`` with a broken policy folder stops at once with the file, line and reason."""
+    import shutil
+
+    folder = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", folder)
+    with (folder / "policy.csv").open("a") as f:
+        f.write("p, role:user, model:x, infr, allow\n")
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "policy": {"dir": str(folder)},
+                                   "local_triton": {"enabled": False},
+                                   "backends": {"t": {"kind": "triton", "url": "127.0.0.1:9"}},
+                                   "models": [{"name": "m", "backend": "t"}]}))  # fmt: skip
+    result = CliRunner().invoke(main, ["serve", "--config", str(cfg)])
+    assert result.exit_code == 1
+    assert "policy.csv:" in result.output and "unknown action 'infr'" in result.output
+    assert "Traceback" not in result.output
