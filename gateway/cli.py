@@ -211,4 +211,4 @@ def policy_test(directory: Path | None) -> None:
         click.echo(f"  {f}", err=True)
     if failures:
         raise click.ClickException(f"{len(failures)} of {len(engine.files.tests)} policy tests failed")
-    click.echo(f"{len(engine.files.tests)} passed, 0 failed")
+    click.echo(f"all {len(engine.files.tests)} policy tests pass")
