@@ -83,8 +83,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _error_response(request, InternalError(f"internal error; request id {rid}"))
 
 
-def _fetcher(session: aiohttp.ClientSession) -> Callable[[str], Awaitable[bytes]]:
+def _fetcher(session: aiohttp.ClientSession | None) -> Callable[[str], Awaitable[bytes]]:
     async def fetch(url: str) -> bytes:
+        assert session is not None, "a JWKS URL is configured, so the lifespan made a session"
         async with session.get(url) as resp:
             resp.raise_for_status()
             return await resp.read()
@@ -105,7 +106,9 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             raise ConfigError(f"policy: {exc}") from None
         backends = backend_factory(settings)
         keys = APIKeyStore(settings.api_keys_db)
-        jwks_http = aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=10))
+        jwks_http = None  # only a JWKS URL needs an HTTP client
+        if settings.auth.jwt is not None and settings.auth.jwt.jwks_url is not None:
+            jwks_http = aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=10))
         stop = asyncio.Event()
         watcher = asyncio.create_task(policy.watch(stop)) if settings.policy.watch else None
         try:
@@ -118,7 +121,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-            await jwks_http.close()
+            if jwks_http is not None:
+                await jwks_http.close()
             keys.close()
             for backend in backends.values():
                 await backend.aclose()

@@ -239,3 +239,30 @@ async def test_decisions_reach_the_audit_path(gw, caplog: pytest.LogCaptureFixtu
     assert allowed["rule"] == ["role:user", "model:echo*", "infer", "allow"] and allowed["policy_version"] == 1
     secret = key.rsplit("_", 1)[1]
     assert all(secret not in r.getMessage() for r in caplog.records)
+
+
+async def test_jwt_caller_through_the_api(triton, tmp_path: Path) -> None:
+    """An OIDC token's roles claim authorizes it like an API key's roles; a wrong audience is 401."""
+    import time as _time
+
+    from joserfc import jwt as _jwt
+    from joserfc.jwk import RSAKey
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    jwt_cfg = {"issuer": "https://idp.test", "audience": "gw", "jwks_file": str(jwks), "roles_claim": "groups"}
+    settings = make_settings(triton, tmp_path, auth={"jwt": jwt_cfg})
+    now = int(_time.time())
+
+    def token(aud: str) -> str:
+        claims = {"iss": "https://idp.test", "aud": aud, "sub": "alice", "exp": now + 60, "groups": ["user"]}
+        return _jwt.encode({"alg": "RS256", "kid": "k1"}, claims, key)
+
+    app = create_app(settings)
+    async with in_process(app, token("gw")) as c:
+        r = await c.post(CHAT, json=_chat("smollm2-135m-instruct", max_tokens=1))
+        assert r.status_code == 200, r.text
+        assert (await c.post(CHAT, json=_chat("broken"))).status_code == 403
+        r = await c.post(CHAT, json=_chat("smollm2-135m-instruct"), headers={"authorization": f"Bearer {token('x')}"})
+        assert r.status_code == 401 and "invalid_token" in r.headers["www-authenticate"]
