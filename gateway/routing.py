@@ -40,9 +40,7 @@ class Answer:
     fallback_used: bool
 
     async def aclose(self) -> None:
-        aclose = getattr(self.rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _aclose(self.rest)
 
 
 def _target(route: ModelRoute) -> Target:
@@ -144,11 +142,19 @@ class Router:
         results = await asyncio.gather(*(self.is_ready(r) for r in self._routes.values()))
         return dict(zip(self._routes, results, strict=True))
 
-    async def offered(self) -> list[ModelRoute]:
-        """Routes to list in /v1/models: those whose model (or its fallback) is ready."""
+    async def servable(self) -> tuple[dict[str, bool], dict[str, bool]]:
+        """(ready, servable) by route name: servable when its model or its fallback is ready."""
         ready = await self.readiness()
-        return [r.route for r in self._routes.values()
-                if ready[r.route.name] or (r.route.fallback is not None and ready[r.route.fallback])]  # fmt: skip
+        servable = {}
+        for name, r in self._routes.items():
+            fallback = r.route.fallback
+            servable[name] = ready[name] or (fallback is not None and ready[fallback])
+        return ready, servable
+
+    async def offered(self) -> list[ModelRoute]:
+        """Routes to list in /v1/models: those that can be served."""
+        _, servable = await self.servable()
+        return [r.route for r in self._routes.values() if servable[r.route.name]]
 
 
 async def _aclose(stream: AsyncIterator[Delta]) -> None:

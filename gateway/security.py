@@ -17,7 +17,7 @@ from gateway.audit import AuditSink
 from gateway.authz.engine import Effective
 from gateway.authz.ratelimit import RateLimiter
 from gateway.authz.store import PolicyStore
-from gateway.errors import PermissionDenied
+from gateway.errors import GatewayError, PermissionDenied
 from gateway.identity.authenticate import Authenticator
 from gateway.identity.principal import Principal
 
@@ -77,12 +77,16 @@ class Security:
         principal: Principal = request.scope[PRINCIPAL]
         self._check(principal, f"model:{model}", act)
         limits = self.policy.engine.limits(principal)
-        if stream and not limits.stream:
-            raise PermissionDenied("permission denied: streaming is not allowed for your roles", param="stream")
-        if max_tokens is not None and limits.max_tokens is not None and max_tokens > limits.max_tokens:
-            raise PermissionDenied(f"permission denied: max_tokens above {limits.max_tokens} is not allowed for your "
-                                   "roles", param="max_tokens")  # fmt: skip
-        windows = self.limiter.admit(principal.subject, model, limits)
+        try:
+            if stream and not limits.stream:
+                raise PermissionDenied("permission denied: streaming is not allowed for your roles", param="stream")
+            if max_tokens is not None and limits.max_tokens is not None and max_tokens > limits.max_tokens:
+                raise PermissionDenied(f"permission denied: max_tokens above {limits.max_tokens} is not allowed "
+                                       "for your roles", param="max_tokens")  # fmt: skip
+            windows = self.limiter.admit(principal.subject, model, limits)
+        except GatewayError as exc:
+            self.audit.record("authz.limit", principal.subject, {"model": model, "refused": exc.message})
+            raise
         return Admission(principal, limits, windows)
 
     def charge(self, admission: Admission, tokens: int) -> None:

@@ -47,10 +47,6 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready when every route can be served, by its own model or by its fallback."""
     gw: Gateway = request.app.state.gateway
-    ready = await gw.router.readiness()
-    servable = {
-        r.route.name: ready[r.route.name] or (r.route.fallback is not None and ready[r.route.fallback])
-        for r in gw.router.routes
-    }
+    ready, servable = await gw.router.servable()
     ok = all(servable.values())
     return json_response({"status": "ready" if ok else "not ready", "models": ready}, status=200 if ok else 503)

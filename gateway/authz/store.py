@@ -8,6 +8,7 @@ change (with the files' SHA-256 digests and the new version number).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,6 @@ class PolicyStore:
         self.engine = build(root, 1)  # at start a bad policy is fatal: there is nothing to keep serving
         self.loaded_at = time.time()
         self.last_rejection: Rejection | None = None
-        self._lock = asyncio.Lock()
         audit.record("policy.loaded", "gateway", self._describe(self.engine))
 
     @staticmethod
@@ -90,13 +90,11 @@ class PolicyStore:
         from watchfiles import awatch
 
         async for _ in awatch(self.root, stop_event=stop, debounce=200, recursive=True):
-            async with self._lock:
-                self.reload()
+            self.reload()  # synchronous: no other reload can interleave on the event loop
 
 
 def _digests(root: Path) -> dict[str, str]:
-    import hashlib
-
+    """Digests of whatever is on disk now, also for files too broken to load."""
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         try:

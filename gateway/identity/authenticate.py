@@ -6,8 +6,6 @@ Nothing of the credential is logged or audited except the key id or the token's 
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.datastructures import Headers
 
 from gateway.audit import AuditSink
@@ -43,5 +41,3 @@ class Authenticator:
         except (apikeys.KeyError_, TokenError) as exc:
             self._audit.record("authn.failed", "anonymous", {"reason": str(exc)})
             raise Unauthenticated(f"invalid credential: {exc}", presented=True) from None
-        except asyncio.CancelledError:
-            raise
