@@ -1,0 +1,20 @@
+"""Anchoring the ledger's checkpoint roots in the AuditAnchor contract on an EVM chain."""
+
+from ._artifact import load_artifact
+from .anvil import Anvil, find_anvil
+from .chain import AnchorRecord, ChainAnchor, ChainConfig
+from .errors import AnchorRejected, ChainError
+from .keystore import create_keystore, load_account
+
+__all__ = [
+    "AnchorRecord",
+    "AnchorRejected",
+    "Anvil",
+    "ChainAnchor",
+    "ChainConfig",
+    "ChainError",
+    "create_keystore",
+    "find_anvil",
+    "load_account",
+    "load_artifact",
+]
