@@ -21,8 +21,8 @@ from starlette.routing import Route
 from backends.base import Backend
 from backends.openai_http import OpenAIHTTPBackend
 from backends.triton import TritonBackend
-from gateway.api import admin, embeddings, generate, models
-from gateway.audit import AuditSink, LogAuditSink
+from gateway.api import admin, embeddings, generate, ledger, models
+from gateway.audit import AuditTrail
 from gateway.authz.store import PolicyStore
 from gateway.errors import ConfigError, GatewayError, InternalError, MethodNotAllowed, NotFound, PolicyError
 from gateway.identity.apikeys import APIKeyStore
@@ -93,17 +93,32 @@ def _fetcher(session: aiohttp.ClientSession | None) -> Callable[[str], Awaitable
     return fetch
 
 
-def create_app(settings: Settings, *, backend_factory: BackendFactory = build_backends,
-               audit_sink: AuditSink | None = None) -> Starlette:  # fmt: skip
-    """The ASGI app. Backends are built in the lifespan and closed when it ends."""
+def _routes_entry(settings: Settings) -> dict[str, object]:
+    keep = ("backend", "model", "version", "kind", "fallback")
+    return {"models": [{"name": m.name, **{k: getattr(m, k) for k in keep}} for m in settings.models]}
+
+
+def create_app(settings: Settings, *, backend_factory: BackendFactory = build_backends) -> Starlette:
+    """The ASGI app. The ledger, policy and backends are built in the lifespan and closed when it ends."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        audit = audit_sink or LogAuditSink()
+        from gateway.chain import build_anchorer
+
+        audit = await AuditTrail.open(settings, build_anchorer if settings.ledger.chain.enabled else None)
+        try:
+            async with _serving(app, audit):
+                yield
+        finally:
+            await audit.aclose()
+
+    @asynccontextmanager
+    async def _serving(app: Starlette, audit: AuditTrail) -> AsyncIterator[None]:
         try:
             policy = PolicyStore(settings.policy.dir, audit)
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from None
+        audit.record("routes.loaded", "gateway", _routes_entry(settings))
         backends = backend_factory(settings)
         keys = APIKeyStore(settings.api_keys_db)
         jwks_http = None  # only a JWKS URL needs an HTTP client
@@ -114,7 +129,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         try:
             jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
             security = Security(Authenticator(keys, jwt, audit), policy, audit)
-            app.state.gateway = Gateway(settings, Router(settings, backends), security)
+            app.state.gateway = Gateway(settings, Router(settings, backends), security, audit)
             yield
         finally:
             stop.set()
@@ -138,6 +153,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
               methods=["GET"]),
         Route("/admin/policy/reload", guard("route:/admin/policy/reload", "admin", admin.policy_reload),
               methods=["POST"]),
+        Route("/admin/ledger/entries/{seq}/proof", guard("route:/admin/ledger/proof", "report", ledger.entry_proof),
+              methods=["GET"]),
         # unauthenticated on purpose: probes carry no credentials and reveal nothing but liveness
         Route("/healthz", models.healthz, methods=["GET"]),
         Route("/readyz", models.readyz, methods=["GET"]),

@@ -1,30 +1,127 @@
-"""The audit path: every security decision is handed to an ``AuditSink``.
+"""The audit path: every security decision and every request becomes a ledger entry.
 
-The tamper-evident ledger (issue 5) implements this interface. Until then ``LogAuditSink``
-writes each event as one JSON line to the ``gateway.audit`` logger. Events carry who, what and
-why, never credentials, prompts or PII values.
+``AuditSink`` is the small interface the rest of the gateway sees. ``AuditTrail`` implements it
+over the tamper-evident ledger (``ledger/``): ``record`` queues an entry for the next group
+commit, ``commit`` waits until the entry is durable. A request reaches a backend only after its
+admission entry is durable; if the ledger cannot write, the request is refused with 503.
+
+Entries carry who, what and why, never credentials, prompts or PII values: bodies are kept as
+keyed HMAC digests only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import time
 from typing import Any, Protocol
 
-import orjson
+from gateway.errors import AuditUnavailable
+from gateway.settings import Settings
+from ledger.anchorer import Anchorer
+from ledger.digest import BodyDigester, load_or_create_key
+from ledger.log import Ledger, LedgerConfig, LedgerUnavailable
+from ledger.proof import build_proof
 
-_log = logging.getLogger("gateway.audit")
+log = logging.getLogger(__name__)
 
 
 class AuditSink(Protocol):
     def record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
-        """Record one event. Must not block the event loop for long; must not raise."""
+        """Queue an event; durable at the next group commit. Never blocks; raises AuditUnavailable if full."""
+        ...
+
+    async def commit(self, kind: str, actor: str, data: dict[str, Any]) -> int:
+        """Append an event and wait until it is durable; its seq. Raises AuditUnavailable (fail closed)."""
         ...
 
 
-class LogAuditSink:
-    """Structured log lines, until the ledger exists."""
+def ledger_config(settings: Settings) -> LedgerConfig:
+    """The ledger's configuration from the gateway's settings."""
+    s = settings.ledger
+    return LedgerConfig(
+        store_url=settings.ledger_store(),
+        origin=s.origin,
+        signing_key=s.signing_key or settings.ledger_dir() / "checkpoint.key",
+        checkpoint_every=s.checkpoint_every,
+        checkpoint_interval_s=s.checkpoint_interval_s,
+    )
+
+
+class AuditTrail:
+    """The gateway's ``AuditSink``: the ledger, the body digester and the background anchorer."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, anchorer: Anchorer | None = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.anchorer = anchorer
+        key_path = settings.ledger.body_key or settings.ledger_dir() / "body-hmac.key"
+        self.digester = BodyDigester(load_or_create_key(key_path))
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, anchorer_factory: Any = None) -> AuditTrail:
+        """Open the ledger (rebuilding its tree) and start anchoring when a chain is configured."""
+        ledger = Ledger(ledger_config(settings))
+        await asyncio.to_thread(ledger.start)
+        anchorer = None
+        try:
+            if anchorer_factory is not None:
+                anchorer = await asyncio.to_thread(anchorer_factory, settings)
+            trail = cls(settings, ledger, anchorer)
+        except BaseException:
+            await ledger.aclose()
+            raise
+        if anchorer is not None:
+            trail._task = asyncio.create_task(anchorer.run(trail._stop), name="ledger-anchorer")
+        return trail
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.ledger.aclose()
+        if self.anchorer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.anchorer.store.close)
 
     def record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
-        line = {"ts": round(time.time(), 3), "kind": kind, "actor": actor, **data}
-        _log.info("%s", orjson.dumps(line, default=str).decode())
+        try:
+            self.ledger.record(kind, actor, data)
+        except LedgerUnavailable as exc:
+            raise AuditUnavailable(f"the audit ledger cannot record: {exc}") from None
+
+    async def commit(self, kind: str, actor: str, data: dict[str, Any]) -> int:
+        try:
+            return await self.ledger.commit(kind, actor, data)
+        except LedgerUnavailable as exc:
+            raise AuditUnavailable(f"the audit ledger cannot record: {exc}") from None
+
+    def digest(self, body: bytes) -> str:
+        return self.digester.digest(body)
+
+    def status(self) -> dict[str, Any]:
+        """For ``/readyz``: whether the ledger writes, and how far anchoring lags."""
+        s = self.ledger.status()
+        out: dict[str, Any] = {"ok": s.ok, "entries": s.size, "checkpoint_size": s.checkpoint_size,
+                               "queued": s.queued}  # fmt: skip
+        if s.error:
+            out["error"] = s.error
+        if self.anchorer is not None:
+            out["anchoring"] = self.anchorer.status().to_dict()
+        return out
+
+    async def proof(self, seq: int) -> dict[str, Any]:
+        """The proof bundle of entry ``seq`` (raises ``ledger.proof.ProofUnavailable``)."""
+
+        def build() -> dict[str, Any]:
+            from ledger.store import open_store
+
+            store = open_store(self.settings.ledger_store())
+            try:
+                return build_proof(store, self.ledger.origin, seq, self.ledger.verifier_key, self.ledger.tree)
+            finally:
+                store.close()
+
+        return await asyncio.to_thread(build)

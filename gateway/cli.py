@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``serve``, ``models`` and ``certs``."""
+"""The ``gateway`` command: ``serve``, ``models``, ``certs``, ``keys``, ``policy`` and ``ledger``."""
 
 from __future__ import annotations
 
@@ -123,9 +123,20 @@ def _ttl(value: str | None) -> float | None:
 @click.option("--expires-in", default=None, help="Lifetime such as 90d or 12h (default: no expiry).")
 def keys_create(config_file: Path | None, owner: str, roles: tuple[str, ...], expires_in: str | None) -> None:
     """Create a key. The key is printed once and never stored."""
+    from gateway.ledger_cli import record
+
+    settings = _load(config_file)
     store = _store(config_file)
-    info, secret = store.create(owner, list(roles), _ttl(expires_in))
-    store.close()
+    try:
+        info, secret = store.create(owner, list(roles), _ttl(expires_in))
+        try:
+            record(settings, "apikey.created", {"key_id": info.id, "owner": owner, "roles": list(roles),
+                                                "expires": int(info.expires) if info.expires else None})  # fmt: skip
+        except click.ClickException:
+            store.revoke(info.id)  # no key without its audit entry
+            raise
+    finally:
+        store.close()
     click.echo(f"key id:  {info.id}\nowner:   {owner}\nroles:   {', '.join(roles)}")
     click.echo(f"expires: {_when(info.expires) if info.expires else 'never'}")
     click.echo(f"\n{secret}\n\nStore this key now: it is shown only once.")
@@ -156,12 +167,27 @@ def keys_list(config_file: Path | None) -> None:
 @click.argument("key_id")
 def keys_revoke(config_file: Path | None, key_id: str) -> None:
     """Revoke a key at once (running gateways refuse it from their next request)."""
+    from gateway.ledger_cli import record
+
+    settings = _load(config_file)
     store = _store(config_file)
-    ok = store.revoke(key_id)
-    store.close()
+    try:
+        ok = store.revoke(key_id)
+    finally:
+        store.close()
     if not ok:
         raise click.ClickException(f"no active key {key_id}")
+    record(settings, "apikey.revoked", {"key_id": key_id})
     click.echo(f"revoked {key_id}")
+
+
+def _register() -> None:
+    from gateway.ledger_cli import ledger
+
+    main.add_command(ledger)
+
+
+_register()
 
 
 @main.group()

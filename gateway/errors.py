@@ -68,6 +68,13 @@ class NotFound(InvalidRequest):
     code = "model_not_found"
 
 
+class NotYetCheckpointed(InvalidRequest):
+    """The entry exists but no signed checkpoint covers it yet; retry after the checkpoint interval."""
+
+    status = 409
+    code = "not_yet_checkpointed"
+
+
 class MethodNotAllowed(InvalidRequest):
     """The route exists but not for this HTTP method (405)."""
 
@@ -117,6 +124,14 @@ class InternalError(GatewayError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+class AuditUnavailable(GatewayError):
+    """The audit ledger cannot make an entry durable, so nothing is served (fail closed)."""
+
+    status = 503
+    type = "server_error"
+    code = "audit_unavailable"
 
 
 class ConfigError(Exception):

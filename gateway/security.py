@@ -52,30 +52,31 @@ class Security:
         self.audit = audit
         self.limiter = RateLimiter()
 
-    def _check(self, principal: Principal, obj: str, act: str) -> None:
+    async def _check(self, principal: Principal, obj: str, act: str) -> None:
         engine = self.policy.engine
         d = engine.decide(principal, obj, act)
-        self.audit.record("authz.decision", principal.subject, {
-            "object": obj, "action": act, "allowed": d.allowed, "rule": d.rule, "policy_version": engine.version,
-        })  # fmt: skip
-        if not d.allowed:
-            raise PermissionDenied(f"permission denied: {act} on {obj}")
+        data = {"object": obj, "action": act, "allowed": d.allowed, "rule": d.rule, "policy_version": engine.version}
+        if d.allowed:
+            self.audit.record("authz.decision", principal.subject, data)  # durable with the admission entry
+            return
+        await self.audit.commit("authz.decision", principal.subject, data)
+        raise PermissionDenied(f"permission denied: {act} on {obj}")
 
     async def enter(self, request: Request, obj: str, act: str) -> Principal:
         """Authenticate the caller and check the route permission; the principal is kept on the request."""
         principal = await self.authenticator.authenticate(request.headers)
-        self._check(principal, obj, act)
+        await self._check(principal, obj, act)
         request.scope[PRINCIPAL] = principal
         return principal
 
     def allowed(self, principal: Principal, model: str, act: str) -> bool:
         return self.policy.engine.decide(principal, f"model:{model}", act).allowed
 
-    def admit(self, request: Request, model: str, act: str, *, max_tokens: int | None = None,
-              stream: bool = False) -> Admission:  # fmt: skip
+    async def admit(self, request: Request, model: str, act: str, *, max_tokens: int | None = None,
+                    stream: bool = False) -> Admission:  # fmt: skip
         """Model permission, per-role limits and rate limits for this request."""
         principal: Principal = request.scope[PRINCIPAL]
-        self._check(principal, f"model:{model}", act)
+        await self._check(principal, f"model:{model}", act)
         limits = self.policy.engine.limits(principal)
         try:
             if stream and not limits.stream:
@@ -85,7 +86,7 @@ class Security:
                                        "for your roles", param="max_tokens")  # fmt: skip
             windows = self.limiter.admit(principal.subject, model, limits)
         except GatewayError as exc:
-            self.audit.record("authz.limit", principal.subject, {"model": model, "refused": exc.message})
+            await self.audit.commit("authz.limit", principal.subject, {"model": model, "refused": exc.message})
             raise
         return Admission(principal, limits, windows)
 

@@ -68,7 +68,20 @@ def serve(settings: Settings) -> int:
             metrics_port=lt.metrics_port,
             log_file=triton_log,
         )
+    anvil = None
     try:
+        chain = settings.ledger.chain
+        if chain.enabled and chain.rpc_url == "embedded":
+            from gateway.chain import embedded_anvil
+            from ledger.anchor import ChainError
+
+            try:
+                anvil = embedded_anvil(settings)
+                log.info("starting the local chain node (anvil, state in %s)", anvil.state_path)
+                anvil.start()
+            except ChainError as exc:
+                log.error("the embedded chain cannot start: %s", exc)
+                return 1
         if local is not None:
             names = [m for s in settings.local_triton.models for m in MODEL_SETS[s]]
             try:
@@ -86,6 +99,8 @@ def serve(settings: Settings) -> int:
     finally:
         if local is not None:
             local.stop()
+        if anvil is not None:
+            anvil.stop()  # SIGTERM: anvil writes its --state file before it exits
 
 
 def configure_logging() -> None:

@@ -174,6 +174,47 @@ class PolicySettings(_Frozen):
     """Reload on change (validated and tested first; a bad edit keeps the old policy)."""
 
 
+class ChainSettings(_Frozen):
+    """Where checkpoints are anchored: an EVM chain reached over JSON-RPC (web3)."""
+
+    enabled: bool = True
+    rpc_url: str = "embedded"
+    """``embedded`` runs a local anvil node (``--state`` persisted in state_dir/ledger); or a node's URL."""
+    chain_id: int = Field(31337, gt=0)
+    """Checked against the node at start, so a wrong network is refused."""
+    contract: str | None = None
+    """The AuditAnchor address. Embedded: deployed on first start and remembered in state_dir/ledger/chain.json."""
+    keystore: Path | None = None
+    """Encrypted keystore (v3) of the account that pays for anchors; default state_dir/ledger/anchor-key.json."""
+    password_file: Path | None = None
+    """The keystore's password (mode 0600); default next to the keystore, with ``.password`` appended."""
+    confirmations: int = Field(1, ge=1)
+    interval_s: float = Field(5.0, gt=0)
+    """How often the newest checkpoint is anchored (if it is not yet)."""
+    embedded_port: int = Field(8545, ge=0, le=65535)
+    anvil_path: Path | None = None
+    """The anvil binary; default the one installed by ``npm ci --prefix ledger/anchor/js``."""
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.embedded_port}" if self.rpc_url == "embedded" else self.rpc_url
+
+
+class LedgerSettings(_Frozen):
+    """The tamper-evident audit ledger (``ledger/``): every decision is an entry."""
+
+    store: str | None = None
+    """``postgresql://...`` for several replicas, or an SQLite path; default state_dir/ledger/ledger.sqlite3."""
+    origin: str = Field("llm-gateway.local/default", min_length=1, pattern=r"^[^\s+]+$")
+    """The log's name in checkpoints and on the chain; each replica needs its own."""
+    signing_key: Path | None = None
+    """Ed25519 key (PKCS#8 PEM, mode 0600) that signs checkpoints; default state_dir/ledger/checkpoint.key."""
+    body_key: Path | None = None
+    """HMAC key for the digests of bodies (which are never stored); default state_dir/ledger/body-hmac.key."""
+    checkpoint_every: int = Field(1000, ge=1)
+    checkpoint_interval_s: float = Field(10.0, gt=0)
+    chain: ChainSettings = ChainSettings()
+
+
 def _default_backends() -> dict[str, TritonBackendSettings | OpenAIBackendSettings]:
     return {"local": TritonBackendSettings(kind="triton", url="embedded")}
 
@@ -199,6 +240,7 @@ class Settings(BaseSettings):
     local_triton: LocalTritonSettings = LocalTritonSettings()
     auth: AuthSettings = AuthSettings()
     policy: PolicySettings = PolicySettings()
+    ledger: LedgerSettings = LedgerSettings()
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -249,6 +291,12 @@ class Settings(BaseSettings):
     @property
     def api_keys_db(self) -> Path:
         return self.auth.api_keys_db or self.state_dir / "apikeys.sqlite3"
+
+    def ledger_dir(self) -> Path:
+        return self.state_dir / "ledger"
+
+    def ledger_store(self) -> str:
+        return self.ledger.store or str(self.ledger_dir() / "ledger.sqlite3")
 
     def local_triton_url(self) -> str:
         return f"127.0.0.1:{self.local_triton.grpc_port}"

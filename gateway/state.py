@@ -10,6 +10,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.audit import AuditTrail
 from gateway.routing import Router
 from gateway.security import Security
 from gateway.settings import Settings
@@ -34,6 +35,7 @@ class Gateway:
     settings: Settings
     router: Router
     security: Security
+    audit: AuditTrail
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

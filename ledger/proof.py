@@ -33,7 +33,9 @@ def covering(checkpoints: list[Checkpointed], anchored: set[int], seq: int) -> C
     return anchored_covers[0] if anchored_covers else covers[-1]
 
 
-def build_proof(store: Store, origin: str, seq: int, verifier_key: str, tree: MerkleTree | None = None) -> dict[str, Any]:
+def build_proof(
+    store: Store, origin: str, seq: int, verifier_key: str, tree: MerkleTree | None = None
+) -> dict[str, Any]:
     """The proof bundle for entry ``seq`` of ``origin``. ``tree`` saves rebuilding it from the store."""
     rows = list(store.read(origin, seq, seq + 1))
     if not rows:

@@ -177,19 +177,22 @@ def _anchor_roots(store: Store, origin: str, chain: AnchorSource | None, report:
     roots: dict[int, bytes] = {}
     stored = store.anchors(origin)
     if chain is None:
-        for record in stored:
-            roots[int(record["tree_size"])] = bytes.fromhex(record["root"].removeprefix("0x"))
+        for receipt in stored:
+            roots[int(receipt["tree_size"])] = bytes.fromhex(receipt["root"].removeprefix("0x"))
         return roots
     from ledger.anchor import AnchorRecord  # the chain checks need web3; plain verification does not
 
     report.chain_checked = True
-    on_chain = chain.anchors(log_id(origin))
-    for record in on_chain:
-        roots[record.tree_size] = record.root
-    for raw in stored:
-        if raw.get("lost"):
+    for found in chain.anchors(log_id(origin)):
+        roots[found.tree_size] = found.root
+    for stored_record in stored:
+        if stored_record.get("lost"):
             continue  # the chain lost it (a local node crashed); a later anchor covers these entries
-        record = AnchorRecord.from_dict(raw)
+        try:
+            record = AnchorRecord.from_dict(stored_record)
+        except ValueError as exc:
+            report.problems.append(Problem("malformed", f"a stored anchor receipt is malformed: {exc}"))
+            continue
         try:
             chain.verify_anchor(record)
         except Exception as exc:  # the chain client's own errors: each is a finding, not a crash

@@ -43,6 +43,25 @@ TEST_MODELS: list[dict[str, Any]] = [
 
 
 @pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh database on the machine's real PostgreSQL server, dropped after the session."""
+    import os
+    import uuid
+
+    import psycopg
+
+    admin = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin, autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture(scope="session")
 async def triton(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalTriton]:
     """The real local Triton server with the demo and test models, started once per session."""
     log = tmp_path_factory.mktemp("triton") / "triton.log"
@@ -66,6 +85,7 @@ def make_settings(triton: LocalTriton, tmp_path: Path, **overrides: Any) -> Sett
         "models": TEST_MODELS,
         "server": {"host": "127.0.0.1", "port": 0},
         "policy": {"dir": POLICIES, "watch": False},
+        "ledger": {"chain": {"enabled": False}},  # the chain is tested in tests/ledger, with the session's anvil
     }
     values.update(overrides)
     return Settings.load(None, **values)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from ledger.store import open_store
 from tests.conftest import POLICIES, in_process, make_settings, new_key
 
 CHAT = "/v1/chat/completions"
@@ -219,17 +219,20 @@ async def test_hot_reload_under_load_fails_no_request(triton, tmp_path: Path) ->
         assert (await c.post(CHAT, json=_chat("counter", max_tokens=1))).status_code == 200
 
 
-async def test_decisions_reach_the_audit_path(gw, caplog: pytest.LogCaptureFixture) -> None:
-    """Every decision, allow or deny, and every failed authentication is an audit event, without secrets."""
+async def test_decisions_reach_the_audit_path(gw) -> None:
+    """Every decision, allow or deny, and every failed authentication is a ledger entry, without secrets."""
     app, settings, _ = gw
     key = new_key(settings, "user")
-    with caplog.at_level(logging.INFO, logger="gateway.audit"):
-        async with _client(app, key) as c:
-            await c.post(CHAT, json=_chat())
-            await c.post(CHAT, json=_chat("broken"))
-        async with _client(app, key[:-2] + "xx") as c:
-            await c.post(CHAT, json=_chat())
-    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.audit"]
+    async with _client(app, key) as c:
+        await c.post(CHAT, json=_chat())
+        await c.post(CHAT, json=_chat("broken"))
+    async with _client(app, key[:-2] + "xx") as c:
+        await c.post(CHAT, json=_chat())
+    store = open_store(settings.ledger_store())
+    bodies = [body for _, _, body in store.read(settings.ledger.origin)]
+    store.close()
+    entries = [json.loads(b) for b in bodies]
+    events = [{"kind": e["kind"], "actor": e["actor"], **e["data"]} for e in entries]
     kinds = [(e["kind"], e.get("object"), e.get("allowed")) for e in events]
     assert ("authz.decision", "route:/v1/chat/completions", True) in kinds
     assert ("authz.decision", "model:echo", True) in kinds
@@ -237,8 +240,13 @@ async def test_decisions_reach_the_audit_path(gw, caplog: pytest.LogCaptureFixtu
     assert any(e["kind"] == "authn.failed" and "wrong secret" in e["reason"] for e in events)
     allowed = next(e for e in events if e.get("object") == "model:echo")
     assert allowed["rule"] == ["role:user", "model:echo*", "infer", "allow"] and allowed["policy_version"] == 1
+    admitted = next(e for e in events if e["kind"] == "request.admitted")
+    completed = next(e for e in events if e["kind"] == "request.completed")
+    assert admitted["model"] == "echo" and admitted["request_digest"].startswith("hmac-sha256:")
+    assert completed["admitted_seq"] < len(entries) and completed["outcome"] == "ok"
     secret = key.rsplit("_", 1)[1]
-    assert all(secret not in r.getMessage() for r in caplog.records)
+    assert all(secret.encode() not in b for b in bodies)
+    assert all(b'"hi"' not in b for b in bodies), "prompts must never be stored"
 
 
 async def test_jwt_caller_through_the_api(triton, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from starlette.requests import Request
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
+RAW_BODY = "gateway.raw_body"
+"""Scope key of the raw body bytes, kept for the ledger's keyed digest of the request."""
 
 
 async def read_json(request: Request, limit: int) -> object:
@@ -36,6 +38,7 @@ async def read_json(request: Request, limit: int) -> object:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    request.scope[RAW_BODY] = raw
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:

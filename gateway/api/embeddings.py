@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backends.base import Usage
 from gateway.api import render
 from gateway.api.body import read_json, validate
 from gateway.api.schemas import EmbeddingRequest
-from gateway.errors import UnprocessableRequest
+from gateway.api.ticket import admit
+from gateway.errors import GatewayError, UnprocessableRequest
 from gateway.state import Gateway, json_response
 
 
@@ -18,15 +22,27 @@ async def embeddings(request: Request) -> Response:
     inputs = [body.input] if isinstance(body.input, str) else list(body.input)
     if any(not text for text in inputs):
         raise UnprocessableRequest("input must not contain empty strings", param="input")
-    adm = gw.security.admit(request, body.model, "embed")
-    resolved, result, fallback_used = await gw.router.embed(
-        body.model, inputs, lambda m: gw.security.allowed(adm.principal, m, "embed")
-    )
+    adm = await gw.security.admit(request, body.model, "embed")
+    ticket = await admit(request, gw, adm, body.model, route="/v1/embeddings", inputs=len(inputs))
+    try:
+        resolved, result, fallback_used = await gw.router.embed(
+            body.model, inputs, lambda m: gw.security.allowed(adm.principal, m, "embed")
+        )
+    except GatewayError as exc:
+        ticket.close("error", status=exc.status)
+        raise
     gw.security.charge(adm, result.prompt_tokens)
+    served: dict[str, Any] = {
+        "model": resolved.route.name,
+        "fallback_used": fallback_used,
+        "usage": Usage(result.prompt_tokens, 0),
+    }
     dim = len(result.vectors[0]) if result.vectors else 0
     if body.dimensions is not None and body.dimensions != dim:
+        ticket.close("error", status=422, **served)
         raise UnprocessableRequest(
             f"model {resolved.route.name!r} produces {dim} dimensions, not {body.dimensions}", param="dimensions"
         )
+    ticket.close("ok", **served)
     obj = render.embeddings(resolved.route.name, result, body.encoding_format)
     return json_response(obj, headers=gw.answer_headers(request, resolved.route.name, fallback_used))

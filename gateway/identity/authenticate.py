@@ -23,6 +23,14 @@ class Authenticator:
         self._audit = audit
 
     async def authenticate(self, headers: Headers) -> Principal:
+        """The caller, or Unauthenticated; every refusal is an audit entry, durable before the 401."""
+        try:
+            return await self._authenticate(headers)
+        except Unauthenticated as exc:
+            await self._audit.commit("authn.failed", "anonymous", {"reason": exc.message})
+            raise
+
+    async def _authenticate(self, headers: Headers) -> Principal:
         value = headers.get("authorization")
         if not value:
             raise Unauthenticated(
@@ -39,5 +47,4 @@ class Authenticator:
                 raise TokenError("not an API key, and JWT authentication is not configured")
             return await self._jwt.verify(token)
         except (apikeys.KeyError_, TokenError) as exc:
-            self._audit.record("authn.failed", "anonymous", {"reason": str(exc)})
             raise Unauthenticated(f"invalid credential: {exc}", presented=True) from None

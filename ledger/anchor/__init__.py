@@ -2,7 +2,7 @@
 
 from ._artifact import load_artifact
 from .anvil import Anvil, find_anvil
-from .chain import AnchorRecord, ChainAnchor, ChainConfig
+from .chain import AnchorRecord, ChainAnchor, ChainConfig, check_on_chain
 from .errors import AnchorRejected, ChainError
 from .keystore import create_keystore, load_account
 
@@ -13,6 +13,7 @@ __all__ = [
     "ChainAnchor",
     "ChainConfig",
     "ChainError",
+    "check_on_chain",
     "create_keystore",
     "find_anvil",
     "load_account",

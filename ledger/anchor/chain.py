@@ -109,11 +109,12 @@ class ChainAnchor:
     """A connection to one AuditAnchor contract, signing with one local key. Thread-safe."""
 
     def __init__(
-        self, w3: Web3, session: requests.Session, config: ChainConfig, account: LocalAccount, contract: Contract
-    ) -> None:
-        """Use ``connect``: it checks the chain and the contract first."""
+        self, w3: Web3, session: requests.Session, config: ChainConfig, account: LocalAccount | None,
+        contract: Contract,
+    ) -> None:  # fmt: skip
+        """Use ``connect`` (or ``reader`` for an auditor without a key): both check the chain first."""
         self._w3, self._session, self.config = w3, session, config
-        self._account, self._contract = account, contract
+        self._maybe_account, self._contract = account, contract
         self.address = str(contract.address)
         self._nonce: int | None = None
         self._lock = threading.Lock()
@@ -151,6 +152,21 @@ class ChainAnchor:
         if receipt["status"] != 1 or address is None:
             raise ChainError(f"deployment transaction {hex0x(receipt['transactionHash'])} failed")
         return str(address)
+
+    @classmethod
+    def reader(cls, rpc_url: str, chain_id: int, contract_address: str, timeout_s: float = 30) -> ChainAnchor:
+        """A read-only connection (no key): ``latest``, ``anchors`` and ``verify_anchor`` work, ``anchor`` does not."""
+        none = Path("/nonexistent")
+        config = ChainConfig(rpc_url, chain_id, contract_address, none, none, timeout_s=timeout_s)
+        address = Web3.to_checksum_address(contract_address)
+        w3, session = connect_web3(config)
+        return cls(w3, session, config, None, w3.eth.contract(address=address, abi=load_artifact()["abi"]))
+
+    @property
+    def _account(self) -> LocalAccount:
+        if self._maybe_account is None:
+            raise ChainError("this is a read-only connection: it has no key to anchor with")
+        return self._maybe_account
 
     @property
     def account_address(self) -> str:
@@ -335,3 +351,9 @@ def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"expected a non-negative integer, got {value!r}")
     return value
+
+
+def check_on_chain(rpc_url: str, record: AnchorRecord, timeout_s: float = 30) -> None:
+    """An auditor's check, with no key: raise ``ChainError`` unless the chain at ``rpc_url`` holds ``record``."""
+    with ChainAnchor.reader(rpc_url, record.chain_id, record.contract, timeout_s) as chain:
+        chain.verify_anchor(record)

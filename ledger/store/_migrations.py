@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 SQLITE: list[tuple[int, str]] = [
-    (1, """
+    (
+        1,
+        """
         CREATE TABLE ledger_entries (
             log  TEXT    NOT NULL,
             seq  INTEGER NOT NULL,
@@ -29,11 +31,14 @@ SQLITE: list[tuple[int, str]] = [
             record    TEXT    NOT NULL,
             PRIMARY KEY (log, tree_size)
         );
-    """),
+    """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
-    (1, """
+    (
+        1,
+        """
         CREATE TABLE ledger_entries (
             log  TEXT   NOT NULL,
             seq  BIGINT NOT NULL,
@@ -59,5 +64,6 @@ POSTGRES: list[tuple[int, str]] = [
             record    TEXT   NOT NULL,
             PRIMARY KEY (log, tree_size)
         );
-    """),
+    """,
+    ),
 ]

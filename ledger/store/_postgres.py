@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -121,10 +122,8 @@ class PostgresStore:
         self._db.close()
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):  # the connection is gone; the next call reports it
             self._db.rollback()
-        except psycopg.Error:
-            pass  # the connection is gone; the next call reports it
 
     def _fetchone(self, sql: str, params: tuple[Any, ...]) -> Any:
         try:

@@ -78,7 +78,8 @@ class SQLiteStore:
         end = (1 << 62) if stop is None else stop
         while start < end:
             rows = self._db.execute(
-                "SELECT seq, hash, body FROM ledger_entries WHERE log = ? AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
+                "SELECT seq, hash, body FROM ledger_entries WHERE log = ? AND seq >= ? AND seq < ? "
+                "ORDER BY seq LIMIT ?",
                 (log, start, end, _BATCH),
             ).fetchall()
             for seq, h, body in rows:
@@ -113,9 +114,7 @@ class SQLiteStore:
                     (log, tree_size, json.dumps(record, sort_keys=True)))  # fmt: skip
 
     def anchors(self, log: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT record FROM ledger_anchors WHERE log = ? ORDER BY tree_size", (log,)
-        ).fetchall()
+        rows = self._db.execute("SELECT record FROM ledger_anchors WHERE log = ? ORDER BY tree_size", (log,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def logs(self) -> list[str]:

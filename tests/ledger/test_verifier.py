@@ -158,7 +158,9 @@ def test_forged_checkpoint(tmp_path: Path) -> None:
 
     forger = NoteSigner(Ed25519PrivateKey.generate(), ORIGIN)
     db = sqlite3.connect(path)
-    size, root, ts = db.execute("SELECT tree_size, root, timestamp FROM ledger_checkpoints ORDER BY tree_size").fetchone()
+    size, root, ts = db.execute(
+        "SELECT tree_size, root, timestamp FROM ledger_checkpoints ORDER BY tree_size"
+    ).fetchone()
     db.execute("UPDATE ledger_checkpoints SET note = ? WHERE tree_size = ?",
                (forger.sign(Checkpoint(ORIGIN, size, bytes(root), ts)), size))  # fmt: skip
     db.commit()
@@ -178,7 +180,7 @@ def test_rewrite_with_rewritten_checkpoints_needs_the_key(tmp_path: Path) -> Non
     tree = MerkleTree(leaf_hash(h) for _, h, _ in rows(path))
     forger = NoteSigner(Ed25519PrivateKey.generate(), ORIGIN)
     db = sqlite3.connect(path)
-    for (size, ts) in db.execute("SELECT tree_size, timestamp FROM ledger_checkpoints").fetchall():
+    for size, ts in db.execute("SELECT tree_size, timestamp FROM ledger_checkpoints").fetchall():
         db.execute("UPDATE ledger_checkpoints SET root = ?, note = ? WHERE tree_size = ?",
                    (tree.root(size), forger.sign(Checkpoint(ORIGIN, size, tree.root(size), ts)), size))  # fmt: skip
     db.commit()

@@ -1,0 +1,218 @@
+"""``gateway ledger ...``: verify, export, prove, and the keys an auditor needs."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from gateway.settings import Settings
+
+_config = click.option(
+    "--config", "-c", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+    envvar="GATEWAY_CONFIG", help="YAML config file (also GATEWAY_CONFIG).",
+)  # fmt: skip
+
+
+def _load(config_file: Path | None) -> Settings:
+    from gateway.errors import ConfigError
+
+    try:
+        return Settings.load(config_file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@contextmanager
+def _store(settings: Settings) -> Iterator[Any]:
+    from ledger.store import StoreError, open_store
+
+    try:
+        store = open_store(settings.ledger_store())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def verifier_key(settings: Settings) -> str:
+    """This gateway's checkpoint verifier key (from its signing key)."""
+    from ledger.checkpoint import NoteSigner, load_signing_key
+
+    path = settings.ledger.signing_key or settings.ledger_dir() / "checkpoint.key"
+    try:
+        return NoteSigner(load_signing_key(path), settings.ledger.origin).verifier_key
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read the checkpoint key {path}: {exc}") from None
+
+
+def record(settings: Settings, kind: str, data: dict[str, Any]) -> int:
+    """Write one durable entry from the command line (key lifecycle); the running gateway absorbs it."""
+    from gateway.audit import ledger_config
+    from ledger.log import Ledger, LedgerUnavailable
+    from ledger.store import StoreError
+
+    ledger = Ledger(ledger_config(settings))
+    try:
+        ledger.start()
+        return ledger.commit_sync(kind, f"cli:{getpass.getuser()}", data)
+    except (LedgerUnavailable, StoreError) as exc:
+        raise click.ClickException(f"the audit ledger cannot record {kind}: {exc}") from None
+    finally:
+        ledger.close()
+
+
+@click.group("ledger")
+def ledger() -> None:
+    """Verify and export the tamper-evident audit ledger."""
+
+
+@ledger.command("verify")
+@_config
+@click.option("--chain/--no-chain", default=None, help="Check anchors on the chain (default: when one is configured).")
+@click.option("--key", "keys", multiple=True, help="A published verifier key to pin (default: this gateway's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(config_file: Path | None, chain: bool | None, keys: tuple[str, ...], as_json: bool) -> None:
+    """Recompute every hash, link, Merkle root, checkpoint signature and anchor. Exit 1 on tampering."""
+    from ledger.verifier import verify_log
+
+    settings = _load(config_file)
+    origin = settings.ledger.origin
+    vkey = next((k for k in keys if k.split("+", 1)[0] == origin), None) or verifier_key(settings)
+    use_chain = settings.ledger.chain.enabled if chain is None else chain
+    with _store(settings) as store, _chain(settings, use_chain) as anchor:
+        total = store.count(origin)
+        with click.progressbar(length=total, label=f"verifying {origin}", file=sys.stderr,
+                               show_pos=True) as bar:  # fmt: skip
+            report = verify_log(store, origin, vkey, chain=anchor, progress=bar.update)
+    if as_json:
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        chain_note = f"{report.anchors_checked} anchors checked on the chain" if report.chain_checked else (
+            "chain not checked")  # fmt: skip
+        click.echo(f"{origin}: {report.entries} entries, {report.checkpoints} checkpoints, {chain_note}")
+        if report.entries:
+            click.echo(f"anchored through tree size {report.anchored_size}; {report.unanchored} newer entries "
+                       "are not anchored yet")  # fmt: skip
+    if not report.ok:
+        for p in report.problems:
+            click.echo(f"TAMPERED: {p}", err=True)
+        sys.exit(1)
+    if not as_json:
+        click.echo("OK")
+
+
+@contextmanager
+def _chain(settings: Settings, enabled: bool) -> Iterator[Any]:
+    """The chain for verification: the configured node; the embedded one is started from its state if down."""
+    if not enabled:
+        yield None
+        return
+    from gateway.chain import chain_config, connect, embedded_anvil
+    from ledger.anchor import ChainAnchor, ChainError
+
+    node = None
+    try:
+        try:
+            anchor = connect(settings)
+        except ChainError:
+            if settings.ledger.chain.rpc_url != "embedded":
+                raise
+            node = embedded_anvil(settings)  # the gateway is not running: read its saved chain state
+            node.start()
+            import json
+
+            known = json.loads((settings.ledger_dir() / "chain.json").read_text())
+            anchor = ChainAnchor.connect(chain_config(settings, known["contract"]))
+    except (ChainError, OSError, KeyError, ValueError) as exc:
+        raise click.ClickException(f"cannot reach the chain to check anchors: {exc} (or pass --no-chain)") from None
+    try:
+        yield anchor
+    finally:
+        anchor.close()
+        if node is not None:
+            node.stop()
+
+
+@ledger.command("export")
+@_config
+@click.option("--since", default="0", help="First entry: a sequence number or an ISO 8601 time (UTC).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), help="File (default: stdout).")
+def export(config_file: Path | None, since: str, fmt: str, output: Path | None) -> None:
+    """Export entries as JSON lines for SIEM tools (each line: the entry and its hash)."""
+    settings = _load(config_file)
+    start, after = _since(since)
+    out = output.open("wb") if output else sys.stdout.buffer
+    n = 0
+    try:
+        with _store(settings) as store:
+            for _, digest, body in store.read(settings.ledger.origin, start):
+                entry = orjson.loads(body)
+                if after is not None and entry["ts"] < after:
+                    continue
+                out.write(orjson.dumps({**entry, "hash": digest.hex()}) + b"\n")
+                n += 1
+    finally:
+        if output:
+            out.close()
+    if output:
+        click.echo(f"exported {n} entries to {output}", err=True)
+
+
+def _since(value: str) -> tuple[int, str | None]:
+    if value.isdigit():
+        return int(value), None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("use a sequence number or an ISO 8601 time", param_hint="--since") from None
+    from ledger.entry import timestamp
+
+    return 0, timestamp(when.timestamp())
+
+
+@ledger.command("proof")
+@_config
+@click.argument("seq", type=click.IntRange(min=0))
+def proof(config_file: Path | None, seq: int) -> None:
+    """Print the proof bundle of entry SEQ (check it with: python -m ledger.verify FILE)."""
+    from ledger.proof import ProofUnavailable, build_proof
+
+    settings = _load(config_file)
+    with _store(settings) as store:
+        try:
+            bundle = build_proof(store, settings.ledger.origin, seq, verifier_key(settings))
+        except ProofUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode())
+
+
+@ledger.command("key")
+@_config
+def key(config_file: Path | None) -> None:
+    """Print the checkpoint verifier key to publish to auditors."""
+    click.echo(verifier_key(_load(config_file)))
+
+
+@ledger.command("digest")
+@_config
+@click.argument("body", type=click.File("rb"))
+def digest(config_file: Path | None, body: Any) -> None:
+    """Print the keyed digest of a request or response body, to match it against an entry."""
+    from ledger.digest import BodyDigester, load_or_create_key
+
+    settings = _load(config_file)
+    path = settings.ledger.body_key or settings.ledger_dir() / "body-hmac.key"
+    if not path.exists():
+        raise click.ClickException(f"no body key at {path}")
+    click.echo(BodyDigester(load_or_create_key(path)).digest(body.read()))
