@@ -55,7 +55,7 @@ class SQLiteStore:
         row = self._db.execute(
             "SELECT seq, hash, body FROM ledger_entries WHERE log = ? ORDER BY seq DESC LIMIT 1", (log,)
         ).fetchone()
-        return None if row is None else (row[0], bytes(row[1]), bytes(row[2]))
+        return None if row is None else (row[0], _blob(row[1]), _blob(row[2]))
 
     def append(self, log: str, rows: Sequence[Row]) -> None:
         db = self._db
@@ -83,7 +83,7 @@ class SQLiteStore:
                 (log, start, end, _BATCH),
             ).fetchall()
             for seq, h, body in rows:
-                yield seq, bytes(h), bytes(body)
+                yield seq, _blob(h), _blob(body)
             if len(rows) < _BATCH:
                 return
             start = rows[-1][0] + 1
@@ -92,7 +92,7 @@ class SQLiteStore:
         cur = self._db.execute("SELECT hash FROM ledger_entries WHERE log = ? ORDER BY seq", (log,))
         while rows := cur.fetchmany(_BATCH):
             for (h,) in rows:
-                yield bytes(h)
+                yield _blob(h)
 
     def count(self, log: str) -> int:
         (n,) = self._db.execute("SELECT count(*) FROM ledger_entries WHERE log = ?", (log,)).fetchone()
@@ -141,3 +141,12 @@ def _statements(script: str) -> list[str]:
                 out.append(buf.strip())
             buf = ""
     return out
+
+
+def _blob(value: object) -> bytes:
+    """A BLOB column's value; an edited database may hold TEXT there, which must not crash a verifier."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode()
