@@ -22,6 +22,6 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m benches.bench_overhead
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check gateway backends tests benches
-	$(VENV)/bin/ruff format --check gateway backends tests benches
+	$(VENV)/bin/ruff check gateway backends ledger tests benches
+	$(VENV)/bin/ruff format --check gateway backends ledger tests benches
 	$(VENV)/bin/mypy
