@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import ConfigError
 from gateway.settings import Settings
-from ledger.anchor import Anvil, ChainAnchor, ChainConfig, ChainError, create_keystore, load_account
+from ledger.anchor import Anvil, ChainAnchor, ChainConfig, ChainError, WrongChain, create_keystore, load_account
 from ledger.anchorer import Anchorer
 from ledger.store import open_store
 
@@ -92,6 +93,19 @@ def connect(settings: Settings) -> ChainAnchor:
 
 
 def build_anchorer(settings: Settings) -> Anchorer:
-    """The background anchorer; it connects to the chain on its first step, and again after failures."""
-    return Anchorer(open_store(settings.ledger_store()), settings.ledger.origin, lambda: connect(settings),
-                    interval_s=settings.ledger.chain.interval_s)  # fmt: skip
+    """The background anchorer, connected at once when the chain answers.
+
+    A node that answers as another chain, or without the contract, is a configuration error and
+    stops the start. A node that does not answer is not: checkpoints queue, and the anchorer
+    connects on a later step.
+    """
+    anchorer = Anchorer(open_store(settings.ledger_store()), settings.ledger.origin, lambda: connect(settings),
+                        interval_s=settings.ledger.chain.interval_s)  # fmt: skip
+    try:
+        anchorer.chain = connect(settings)
+    except WrongChain as exc:
+        anchorer.store.close()
+        raise ConfigError(f"ledger.chain: {exc}") from None
+    except ChainError as exc:
+        log.warning("the chain is not reachable (%s); checkpoints queue and are anchored once it is", exc)
+    return anchorer

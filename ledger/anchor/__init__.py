@@ -3,7 +3,7 @@
 from ._artifact import load_artifact
 from .anvil import Anvil, find_anvil
 from .chain import AnchorRecord, ChainAnchor, ChainConfig, check_on_chain
-from .errors import AnchorRejected, ChainError
+from .errors import AnchorRejected, ChainError, WrongChain
 from .keystore import create_keystore, load_account
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "ChainAnchor",
     "ChainConfig",
     "ChainError",
+    "WrongChain",
     "check_on_chain",
     "create_keystore",
     "find_anvil",

@@ -25,7 +25,7 @@ from web3.exceptions import (
 from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 from ._revert import revert_reason
-from .errors import AnchorRejected, ChainError
+from .errors import AnchorRejected, ChainError, WrongChain
 
 if TYPE_CHECKING:
     from .chain import ChainConfig
@@ -52,7 +52,7 @@ def connect_web3(config: ChainConfig) -> tuple[Web3, requests.Session]:
     try:
         chain_id = rpc_call(lambda: w3.eth.chain_id, f"asking {config.rpc_url} for its chain id")
         if chain_id != config.chain_id:
-            raise ChainError(
+            raise WrongChain(
                 f"{config.rpc_url} serves chain id {chain_id}, but chain id {config.chain_id} is configured"
             )
     except BaseException:

@@ -27,7 +27,7 @@ from web3.types import FilterParams, RPCEndpoint, TxParams, TxReceipt
 from ._artifact import load_artifact
 from ._revert import revert_reason
 from ._tx import await_receipt, connect_web3, fill, hex0x, rpc_call, submit
-from .errors import AnchorRejected, ChainError
+from .errors import AnchorRejected, ChainError, WrongChain
 from .keystore import load_account
 
 LOG_PAGE_BLOCKS = 5_000
@@ -128,7 +128,7 @@ class ChainAnchor:
         w3, session = connect_web3(config)
         try:
             if not rpc_call(lambda: w3.eth.get_code(address), f"reading the code at {address}"):
-                raise ChainError(
+                raise WrongChain(
                     f"no contract code at {address} on chain {config.chain_id}: wrong address, or the chain was reset"
                 )
             account = load_account(config.keystore_path, config.password_path)

@@ -11,6 +11,13 @@ class ChainError(Exception):
     """
 
 
+class WrongChain(ChainError):
+    """The node answers, but it is not the configured chain, or the contract is not there.
+
+    Unlike a node that is down (anchoring waits and retries), this is a configuration error.
+    """
+
+
 class AnchorRejected(ChainError):
     """The contract reverted an anchor transaction.
 
