@@ -16,10 +16,11 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
-from gateway.errors import AuditUnavailable
+from gateway.errors import AuditUnavailable, InternalError
 from gateway.settings import Settings
 from ledger.anchorer import Anchorer
 from ledger.digest import BodyDigester, load_or_create_key
+from ledger.entry import EntryError
 from ledger.log import Ledger, LedgerConfig, LedgerUnavailable
 from ledger.proof import build_proof
 
@@ -91,12 +92,18 @@ class AuditTrail:
             self.ledger.record(kind, actor, data)
         except LedgerUnavailable as exc:
             raise AuditUnavailable(f"the audit ledger cannot record: {exc}") from None
+        except EntryError:
+            log.exception("an audit event of kind %s cannot be encoded", kind)
+            raise InternalError("internal error: an audit event could not be recorded") from None
 
     async def commit(self, kind: str, actor: str, data: dict[str, Any]) -> int:
         try:
             return await self.ledger.commit(kind, actor, data)
         except LedgerUnavailable as exc:
             raise AuditUnavailable(f"the audit ledger cannot record: {exc}") from None
+        except EntryError:
+            log.exception("an audit event of kind %s cannot be encoded", kind)
+            raise InternalError("internal error: an audit event could not be recorded") from None
 
     def digest(self, body: bytes) -> str:
         return self.digester.digest(body)
@@ -120,7 +127,7 @@ class AuditTrail:
 
             store = open_store(self.settings.ledger_store())
             try:
-                return build_proof(store, self.ledger.origin, seq, self.ledger.verifier_key, self.ledger.tree)
+                return build_proof(store, self.ledger.origin, seq, self.ledger.verifier_key, self.ledger)
             finally:
                 store.close()
 

@@ -36,7 +36,9 @@ def chain_config(settings: Settings, contract: str | None = None) -> ChainConfig
     c = settings.ledger.chain
     keystore, password, _ = _paths(settings)
     return ChainConfig(rpc_url=c.url(), chain_id=c.chain_id, contract_address=contract or c.contract,
-                       keystore_path=keystore, password_path=password, confirmations=c.confirmations)  # fmt: skip
+                       keystore_path=keystore, password_path=password, confirmations=c.confirmations,
+                       gas_limit=c.gas_limit, max_fee_per_gas=int(c.max_fee_per_gas_gwei * 10**9),
+                       max_priority_fee_per_gas=int(c.max_priority_fee_per_gas_gwei * 10**9))  # fmt: skip
 
 
 def embedded_anvil(settings: Settings) -> Anvil:
@@ -88,7 +90,8 @@ def connect(settings: Settings) -> ChainAnchor:
     c = settings.ledger.chain
     contract = prepare_embedded(settings) if c.rpc_url == "embedded" else c.contract
     if contract is None:
-        raise ChainError("ledger.chain.contract is not set: deploy AuditAnchor (gateway ledger deploy) and set it")
+        raise ChainError("ledger.chain.contract is not set: deploy AuditAnchor on that chain (its owner is the "
+                         "anchoring key) and set the address")  # fmt: skip
     return ChainAnchor.connect(chain_config(settings, contract))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,7 +88,10 @@ def verify(config_file: Path | None, chain: bool | None, keys: tuple[str, ...], 
 
     settings = _load(config_file)
     origin = settings.ledger.origin
-    vkey = next((k for k in keys if k.split("+", 1)[0] == origin), None) or verifier_key(settings)
+    pinned = [k for k in keys if k.split("+", 1)[0] == origin]
+    if keys and not pinned:
+        raise click.ClickException(f"none of the --key values is for log {origin!r} (a key starts with its log's name)")
+    vkey = pinned[0] if pinned else verifier_key(settings)
     use_chain = settings.ledger.chain.enabled if chain is None else chain
     with _store(settings) as store, _chain(settings, use_chain) as anchor:
         total = store.count(origin)
@@ -113,27 +117,40 @@ def verify(config_file: Path | None, chain: bool | None, keys: tuple[str, ...], 
 
 @contextmanager
 def _chain(settings: Settings, enabled: bool) -> Iterator[Any]:
-    """The chain for verification: the configured node; the embedded one is started from its state if down."""
+    """A read-only connection to the chain (no key, nothing changed on it).
+
+    The embedded node is started from its saved state when the gateway is not running.
+    """
     if not enabled:
         yield None
         return
-    from gateway.chain import chain_config, connect, embedded_anvil
+    from gateway.chain import embedded_anvil
     from ledger.anchor import ChainAnchor, ChainError
 
+    c = settings.ledger.chain
+    contract = c.contract
+    if c.rpc_url == "embedded" and contract is None:
+        chain_file = settings.ledger_dir() / "chain.json"
+        try:
+            contract = json.loads(chain_file.read_text())["contract"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise click.ClickException(f"no anchoring contract recorded in {chain_file}: {exc} "
+                                       "(or pass --no-chain)") from None  # fmt: skip
+    if contract is None:
+        raise click.ClickException("ledger.chain.contract is not set (or pass --no-chain)")
     node = None
     try:
         try:
-            anchor = connect(settings)
-        except ChainError:
-            if settings.ledger.chain.rpc_url != "embedded":
+            anchor = ChainAnchor.reader(c.url(), c.chain_id, contract)
+        except (ChainError, OSError):
+            if c.rpc_url != "embedded":
                 raise
             node = embedded_anvil(settings)  # the gateway is not running: read its saved chain state
             node.start()
-            import json
-
-            known = json.loads((settings.ledger_dir() / "chain.json").read_text())
-            anchor = ChainAnchor.connect(chain_config(settings, known["contract"]))
-    except (ChainError, OSError, KeyError, ValueError) as exc:
+            anchor = ChainAnchor.reader(node.url, c.chain_id, contract)
+    except (ChainError, OSError) as exc:
+        if node is not None:
+            node.stop()
         raise click.ClickException(f"cannot reach the chain to check anchors: {exc} (or pass --no-chain)") from None
     try:
         yield anchor

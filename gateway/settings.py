@@ -189,6 +189,10 @@ class ChainSettings(_Frozen):
     password_file: Path | None = None
     """The keystore's password (mode 0600); default next to the keystore, with ``.password`` appended."""
     confirmations: int = Field(1, ge=1)
+    gas_limit: int = Field(200_000, gt=0)
+    max_fee_per_gas_gwei: float = Field(100.0, gt=0)
+    """Most one anchor may pay per gas (EIP-1559 fee cap); set it for the chain in use."""
+    max_priority_fee_per_gas_gwei: float = Field(1.0, ge=0)
     interval_s: float = Field(5.0, gt=0)
     """How often the newest checkpoint is anchored (if it is not yet)."""
     embedded_port: int = Field(8545, ge=0, le=65535)

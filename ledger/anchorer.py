@@ -113,10 +113,10 @@ class Anchorer:
         chain_size = latest[0] if latest else 0
         stored = {int(r["tree_size"]): r for r in self.store.anchors(self.origin)}
         live = [s for s, r in stored.items() if not r.get("lost")]
-        if chain_size and chain_size not in stored:
+        if chain_size and chain_size not in live:
             # The transaction landed but its receipt was never seen (crash, timeout): take it from the events.
             for record in chain.anchors(self.log_id):
-                if record.tree_size not in stored:
+                if record.tree_size not in live:
                     self.store.add_anchor(self.origin, record.tree_size, record.to_dict())
         for size in live:
             if size > chain_size:

@@ -9,6 +9,7 @@ for an entry is the 32-byte entry hash (see ``docs/ledger.md``).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,12 +46,25 @@ def _orjson_is_jcs(value: Any) -> bool:
 
 def canonical(value: Any) -> bytes:
     """The RFC 8785 (JCS) bytes of ``value``; raises ``EntryError`` for what JSON cannot carry."""
-    if _orjson_is_jcs(value):
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     try:
+        if _orjson_is_jcs(value):
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:  # orjson's errors are TypeErrors
         raise EntryError(f"entry is not canonical JSON: {exc}") from exc
+
+
+_SUSPECT = re.compile(rb"[0-9][.eE]|[0-9]{16}|\\u")
+
+
+def canonical_of_stored(fields: dict[str, Any], body: bytes) -> bytes:
+    """``canonical(fields)`` for ``fields`` parsed from ``body``, without walking them when ``body`` cannot hold
+    what orjson and JCS disagree on: it is ASCII (no raw non-ASCII keys), has no escaped characters (no escaped
+    non-ASCII keys), no digit followed by ``.``/``e`` (no floats) and no 16-digit run (no integers past 2**53).
+    A false alarm (``v1.2`` in a string) only takes the slow path."""
+    if body.isascii() and not _SUSPECT.search(body):
+        return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    return canonical(fields)
 
 
 def timestamp(now: float | None = None) -> str:

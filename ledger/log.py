@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from ledger.checkpoint import Checkpoint, NoteSigner, load_or_create_signing_key
-from ledger.entry import GENESIS, Entry, make_entry, timestamp
+from ledger.entry import GENESIS, Entry, canonical, make_entry, timestamp
 from ledger.merkle import MerkleTree, leaf_hash
 from ledger.store import Checkpointed, Store, StoreConflict, StoreError, open_store
 
@@ -93,6 +93,7 @@ class Ledger:
         self._error: str | None = None
         self._fatal = False
         self.tree = MerkleTree()
+        self._tree_lock = threading.Lock()  # the writer extends the tree; proof requests read it
         self._head = GENESIS
         self._checkpoint: Checkpointed | None = None
 
@@ -159,6 +160,7 @@ class Ledger:
         return item.seq
 
     def _put(self, item: _Pending) -> None:
+        canonical(item.data)  # an event JSON cannot carry is the caller's error (EntryError), never the writer's
         with self._cond:
             if self._thread is None or self._closing:
                 raise LedgerUnavailable("the ledger is not running")
@@ -182,6 +184,11 @@ class Ledger:
             queued=len(self._queue),
         )
 
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """The RFC 9162 inclusion proof of entry ``index`` in the tree of ``size`` entries (thread-safe)."""
+        with self._tree_lock:
+            return self.tree.inclusion_proof(index, size)
+
     @property
     def latest_checkpoint(self) -> Checkpointed | None:
         return self._checkpoint
@@ -189,6 +196,18 @@ class Ledger:
     # ----- the writer thread
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug must not leave a dead writer behind a ledger that says ok
+            _log.exception("ledger %s: the writer stopped", self.origin)
+            with self._cond:
+                self._fatal = True
+                self._error = f"the writer stopped: {exc!r}"
+                pending = list(self._queue)
+                self._queue.clear()
+            self._resolve(pending, failed=self._error)
+
+    def _loop(self) -> None:
         next_checkpoint = time.monotonic() + self.config.checkpoint_interval_s
         while True:
             with self._cond:
@@ -237,8 +256,9 @@ class Ledger:
             except StoreError as exc:
                 if not self._landed(rows):
                     return self._failed(batch, exc)
-            for entry in entries:
-                self.tree.append(leaf_hash(entry.hash))
+            with self._tree_lock:
+                for entry in entries:
+                    self.tree.append(leaf_hash(entry.hash))
             self._head = entries[-1].hash.hex()
             if self._error is not None:
                 _log.warning("ledger %s writes again", self.origin)
@@ -265,7 +285,8 @@ class Ledger:
             fields = orjson.loads(body)
             if seq != self.tree.size or fields.get("prev") != self._head or hashlib.sha256(body).digest() != digest:
                 raise StoreError(f"log {self.origin!r} forked at entry {seq}: another writer does not extend it")
-            self.tree.append(leaf_hash(digest))
+            with self._tree_lock:
+                self.tree.append(leaf_hash(digest))
             self._head = digest.hex()
 
     def _landed(self, rows: list[tuple[int, bytes, bytes]]) -> bool:
@@ -310,7 +331,8 @@ class Ledger:
         size = self.tree.size
         if size == 0 or (self._checkpoint is not None and self._checkpoint.tree_size >= size):
             return
-        root = self.tree.root(size)
+        with self._tree_lock:
+            root = self.tree.root(size)
         now = int(time.time())
         note = self._signer.sign(Checkpoint(self.origin, size, root, now))
         checkpoint = Checkpointed(size, root, now, note)

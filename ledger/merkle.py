@@ -1,8 +1,9 @@
 """The RFC 9162 (section 2.1) Merkle tree: hashes, an append-only tree, and proof verifiers.
 
 The tree is built over leaf hashes, ``leaf_hash(entry)``, not over entries, so the ledger keeps
-the entries wherever it likes. Pass ``leaf_hash(...)`` of the entry bytes, not a bare digest: the
-0x00 prefix is what keeps a leaf from passing for an interior node.
+the entries wherever it likes. Pass ``leaf_hash(data)`` of each leaf's data (for the ledger, the
+32-byte entry hash), never the data itself: the 0x00 prefix is what keeps a leaf from passing
+for an interior node.
 
 Next to the leaf hashes the tree caches the hash of every complete, aligned subtree: level ``k``
 holds one hash per complete block of ``2**k`` leaves. The levels sum to about ``2 * n`` hashes,

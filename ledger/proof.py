@@ -6,7 +6,7 @@ A bundle is what an external auditor receives for one entry (``GET
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -14,6 +14,12 @@ from ledger.merkle import MerkleTree, leaf_hash
 from ledger.store import Checkpointed, Store
 
 FORMAT = "llm-gateway-ledger-proof/1"
+
+
+class Prover(Protocol):
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """The inclusion proof of leaf ``index`` in the tree of ``size`` leaves."""
+        ...
 
 
 class ProofUnavailable(LookupError):
@@ -33,26 +39,24 @@ def covering(checkpoints: list[Checkpointed], anchored: set[int], seq: int) -> C
     return anchored_covers[0] if anchored_covers else covers[-1]
 
 
-def build_proof(
-    store: Store, origin: str, seq: int, verifier_key: str, tree: MerkleTree | None = None
-) -> dict[str, Any]:
-    """The proof bundle for entry ``seq`` of ``origin``. ``tree`` saves rebuilding it from the store."""
+def build_proof(store: Store, origin: str, seq: int, verifier_key: str, prover: Prover | None = None) -> dict[str, Any]:
+    """The proof bundle for entry ``seq`` of ``origin``. ``prover`` (the running ledger) saves rebuilding the tree."""
     rows = list(store.read(origin, seq, seq + 1))
     if not rows:
         raise ProofUnavailable(f"entry {seq} does not exist", missing=True)
     _, entry_hash, body = rows[0]
-    anchors = {int(a["tree_size"]): a for a in store.anchors(origin)}
+    anchors = {int(a["tree_size"]): a for a in store.anchors(origin) if not a.get("lost")}
     checkpoint = covering(store.checkpoints(origin), set(anchors), seq)
     if checkpoint is None:
         raise ProofUnavailable(f"entry {seq} is not covered by a signed checkpoint yet", missing=False)
-    if tree is None or tree.size < checkpoint.tree_size:
-        tree = MerkleTree(leaf_hash(h) for h in store.hashes(origin))
+    if prover is None:
+        prover = MerkleTree(leaf_hash(h) for h in store.hashes(origin))
     return {
         "format": FORMAT,
         "entry": {**orjson.loads(body), "hash": entry_hash.hex()},
         "leaf_index": seq,
         "tree_size": checkpoint.tree_size,
-        "inclusion_proof": [h.hex() for h in tree.inclusion_proof(seq, checkpoint.tree_size)],
+        "inclusion_proof": [h.hex() for h in prover.inclusion_proof(seq, checkpoint.tree_size)],
         "checkpoint": checkpoint.note,
         "verifier_key": verifier_key,
         "anchor": anchors.get(checkpoint.tree_size),

@@ -9,7 +9,7 @@ This is what an external auditor runs. It needs only this package (no gateway, n
    whether that transaction, block and event are really there.
 
 Exit status 0 means every check passed; 1 means a check failed (the reason is printed); 2 means
-the bundle could not be read.
+the bundle could not be read or is not shaped like a bundle, or ``--key`` is not a verifier key.
 """
 
 from __future__ import annotations
@@ -31,6 +31,25 @@ FORMAT = "llm-gateway-ledger-proof/1"
 
 class ProofError(Exception):
     """A check failed; the message says which and why."""
+
+
+class BundleError(Exception):
+    """The input is not a proof bundle (or the pinned key is not a key): nothing was checked."""
+
+
+_SHAPE: dict[str, tuple[type, ...]] = {
+    "entry": (dict,), "leaf_index": (int,), "tree_size": (int,), "inclusion_proof": (list,),
+    "checkpoint": (str,), "verifier_key": (str, type(None)), "anchor": (dict, type(None)),
+}  # fmt: skip
+
+
+def _check_shape(bundle: dict[str, Any]) -> None:
+    for name, kinds in _SHAPE.items():
+        value = bundle.get(name)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise BundleError(f"field {name!r} is missing or of the wrong type")
+    if not all(isinstance(h, str) for h in bundle["inclusion_proof"]):
+        raise BundleError("inclusion_proof must be a list of hex strings")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +78,9 @@ def _hex(value: Any, what: str, size: int = 32) -> bytes:
 def verify_bundle(bundle: dict[str, Any], key: str | None = None, rpc_url: str | None = None) -> Verified:
     """Check ``bundle``; ``key`` pins the verifier key (else the bundle's own is used)."""
     if bundle.get("format") != FORMAT:
-        raise ProofError(f"not a proof bundle (format {bundle.get('format')!r}, expected {FORMAT!r})")
-    entry = dict(bundle.get("entry") or {})
+        raise BundleError(f"not a proof bundle (format {bundle.get('format')!r}, expected {FORMAT!r})")
+    _check_shape(bundle)
+    entry = dict(bundle["entry"])
     claimed = _hex(entry.pop("hash", None), "the entry hash")
     try:
         fields = check_fields(entry)
@@ -74,7 +94,13 @@ def verify_bundle(bundle: dict[str, Any], key: str | None = None, rpc_url: str |
     if not isinstance(vkey, str):
         raise ProofError("no verifier key: pass --key with the log's published key")
     try:
-        checkpoint = NoteVerifier(vkey).verify(str(bundle.get("checkpoint", "")))
+        verifier = NoteVerifier(vkey)
+    except CheckpointError as exc:
+        if key is not None:
+            raise BundleError(f"--key is not a verifier key: {exc}") from exc
+        raise ProofError(f"the bundle's verifier key is malformed: {exc}") from exc
+    try:
+        checkpoint = verifier.verify(bundle["checkpoint"])
     except CheckpointError as exc:
         raise ProofError(f"the checkpoint signature does not verify: {exc}") from exc
     if checkpoint.origin != fields["log"]:
@@ -125,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         v = verify_bundle(bundle, key=args.key, rpc_url=args.rpc)
+    except BundleError as exc:
+        print(f"cannot check {args.bundle}: {exc}", file=sys.stderr)
+        return 2
     except ProofError as exc:
         print(f"FAILED: {exc}")
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -73,14 +74,16 @@ def _get(url: str, ctx: ssl.SSLContext, body: dict | None = None, key: str = "")
 
 @pytest.mark.triton
 def test_serve_with_embedded_triton(tmp_path: Path) -> None:
-    """``gateway serve`` starts its own Triton, serves real SmolLM2 output over TLS, and stops both cleanly."""
-    port, triton_port = free_port(), free_port()
+    """``gateway serve`` starts its own Triton and chain, serves real SmolLM2 output over TLS, anchors its ledger,
+    and stops both cleanly; afterwards ``gateway ledger verify`` checks the anchors on the saved chain."""
+    port, triton_port, chain_port = free_port(), free_port(), free_port()
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(yaml.safe_dump({
         "state_dir": str(tmp_path / "state"),
         "server": {"host": "127.0.0.1", "port": port},
         "local_triton": {"grpc_port": triton_port, "http_port": free_port(), "metrics_port": free_port()},
         "policy": {"dir": str(ROOT / "policies")},
+        "ledger": {"checkpoint_interval_s": 0.5, "chain": {"embedded_port": chain_port, "interval_s": 0.5}},
     }))  # fmt: skip
     created = CliRunner().invoke(main, ["keys", "create", "--config", str(cfg), "--owner", "readme", "--role", "user"])
     assert created.exit_code == 0, created.output
@@ -106,6 +109,12 @@ def test_serve_with_embedded_triton(tmp_path: Path) -> None:
             "messages": [{"role": "user", "content": "Name the capital of France."}]}, key)  # fmt: skip
         assert status == 200, body
         assert "Paris" in body["choices"][0]["message"]["content"]
+        anchored = 0
+        while anchored == 0:  # the embedded chain anchors the ledger's checkpoints
+            assert time.monotonic() < deadline + 60, "nothing anchored in time"
+            _, ready = _get(f"https://localhost:{port}/readyz", ctx)
+            anchored = ready["ledger"]["anchoring"]["anchored_size"]
+            time.sleep(0.25)
         if shutil.which("curl"):
             out = subprocess.run(["curl", "-sS", "--cacert", str(ca), "-H", f"Authorization: Bearer {key}",
                                   f"https://localhost:{port}/v1/models"],
@@ -119,8 +128,12 @@ def test_serve_with_embedded_triton(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 0, log.read_text()[-3000:]
-    with socket.socket() as s:  # the embedded Triton went down with the gateway
-        assert s.connect_ex(("127.0.0.1", triton_port)) != 0
+    for gone in (triton_port, chain_port):  # the embedded Triton and chain went down with the gateway
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", gone)) != 0
+    verified = CliRunner().invoke(main, ["ledger", "verify", "--config", str(cfg)])
+    assert verified.exit_code == 0, verified.output
+    assert re.search(r" [1-9][0-9]* anchors checked on the chain", verified.output), verified.output
 
 
 def test_serve_refuses_a_bad_policy(tmp_path: Path) -> None:

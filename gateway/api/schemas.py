@@ -32,11 +32,11 @@ class StreamOptions(BaseModel):
 class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | _Stop | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     n: int = Field(1, ge=1, le=128)
 
     @property
@@ -78,7 +78,7 @@ class Message(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
 
     def effective_max_tokens(self) -> int | None:
         """``max_completion_tokens`` is the current name; ``max_tokens`` the deprecated one."""

@@ -33,6 +33,15 @@ SQLITE: list[tuple[int, str]] = [
         );
     """,
     ),
+    (
+        2,
+        """
+        CREATE TRIGGER ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
+            BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only'); END;
+        CREATE TRIGGER ledger_checkpoints_no_delete BEFORE DELETE ON ledger_checkpoints
+            BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only'); END;
+    """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -64,6 +73,17 @@ POSTGRES: list[tuple[int, str]] = [
             record    TEXT   NOT NULL,
             PRIMARY KEY (log, tree_size)
         );
+    """,
+    ),
+    (
+        2,
+        """
+        CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON ledger_entries
+            FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
+        CREATE TRIGGER ledger_checkpoints_append_only BEFORE UPDATE OR DELETE ON ledger_checkpoints
+            FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
+        CREATE TRIGGER ledger_checkpoints_no_truncate BEFORE TRUNCATE ON ledger_checkpoints
+            FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
     """,
     ),
 ]

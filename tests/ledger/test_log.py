@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 import string
@@ -14,7 +15,7 @@ import pytest
 import rfc8785
 
 from ledger.checkpoint import NoteVerifier
-from ledger.entry import canonical
+from ledger.entry import EntryError, canonical, canonical_of_stored
 from ledger.log import Ledger, LedgerConfig, LedgerUnavailable
 from ledger.merkle import MerkleTree, leaf_hash
 from ledger.store import Store, StoreError, open_store
@@ -222,3 +223,42 @@ async def test_postgres_store(pg_url: str, tmp_path: Path) -> None:
         report = verify_log(store, ledger.origin, ledger.verifier_key)
         assert report.ok and report.entries == 100, report.problems
     store.close()
+
+
+async def test_an_event_json_cannot_carry_is_refused_and_the_writer_lives_on(tmp_path: Path) -> None:
+    """NaN, huge integers and non-JSON values are refused to the caller; later events still commit."""
+    ledger = Ledger(config(tmp_path))
+    ledger.start()
+    for bad in ({"x": float("nan")}, {"x": 2**64}, {"x": object()}, {1: "non-string key"}):
+        with pytest.raises(EntryError):
+            ledger.record("test.event", "u", bad)
+        with pytest.raises(EntryError):
+            await ledger.commit("test.event", "u", bad)
+    assert await ledger.commit("test.event", "u", {"ok": True}) == 0
+    assert ledger.status().ok
+    ledger.close()
+
+
+def test_canonical_of_stored_equals_canonical() -> None:
+    """The verifier's fast canonical form equals the reference for stored bodies, tricky ones included."""
+    rng = random.Random(9162)
+    values: list[Any] = [{"data": _random_value(rng)} for _ in range(2000)]
+    values += [{"k\u00e9": 1, "\U0001f600": 2, "\ue000": 3}, {"v": "1.5e3"}, {"n": 1234567890123456}, {"f": 1.5}]
+    for value in values:
+        body = canonical(value)
+        assert canonical_of_stored(json.loads(body), body) == rfc8785.dumps(value)
+
+
+def test_postgres_refuses_update_delete_truncate(pg_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL, entries and checkpoints cannot be updated, deleted or truncated."""
+    import psycopg
+
+    ledger = Ledger(config(tmp_path, url=pg_url, origin="test.local/guarded"))
+    ledger.start()
+    ledger.commit_sync("test.event", "u", {})
+    ledger.close()
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        for sql in ("UPDATE ledger_entries SET body = 'x'", "DELETE FROM ledger_entries", "TRUNCATE ledger_entries",
+                    "UPDATE ledger_checkpoints SET note = 'x'", "TRUNCATE ledger_checkpoints"):  # fmt: skip
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                db.execute(sql.encode())

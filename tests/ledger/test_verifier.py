@@ -20,7 +20,7 @@ from ledger.log import Ledger, LedgerConfig
 from ledger.proof import ProofUnavailable, build_proof
 from ledger.store import open_store
 from ledger.verifier import Report, verify_log
-from ledger.verify import ProofError, verify_bundle
+from ledger.verify import BundleError, ProofError, verify_bundle
 
 ORIGIN = "test.local/tamper"
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +47,14 @@ def tamper(path: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
         db.execute(sql, params)
     db.commit()
     db.close()
+
+
+def _unguarded_checkpoints(path: Path) -> sqlite3.Connection:
+    """The database with the checkpoint guards dropped, as an attacker with file access would."""
+    db = sqlite3.connect(path)
+    db.execute("DROP TRIGGER ledger_checkpoints_no_update")
+    db.execute("DROP TRIGGER ledger_checkpoints_no_delete")
+    return db
 
 
 def rows(path: Path) -> list[tuple[int, bytes, bytes]]:
@@ -157,7 +165,7 @@ def test_forged_checkpoint(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     forger = NoteSigner(Ed25519PrivateKey.generate(), ORIGIN)
-    db = sqlite3.connect(path)
+    db = _unguarded_checkpoints(path)
     size, root, ts = db.execute(
         "SELECT tree_size, root, timestamp FROM ledger_checkpoints ORDER BY tree_size"
     ).fetchone()
@@ -179,7 +187,7 @@ def test_rewrite_with_rewritten_checkpoints_needs_the_key(tmp_path: Path) -> Non
 
     tree = MerkleTree(leaf_hash(h) for _, h, _ in rows(path))
     forger = NoteSigner(Ed25519PrivateKey.generate(), ORIGIN)
-    db = sqlite3.connect(path)
+    db = _unguarded_checkpoints(path)
     for size, ts in db.execute("SELECT tree_size, timestamp FROM ledger_checkpoints").fetchall():
         db.execute("UPDATE ledger_checkpoints SET root = ?, note = ? WHERE tree_size = ?",
                    (tree.root(size), forger.sign(Checkpoint(ORIGIN, size, tree.root(size), ts)), size))  # fmt: skip
@@ -218,6 +226,8 @@ def test_proof_bundle_verifies_standalone(tmp_path: Path) -> None:
     (lambda b: b["inclusion_proof"].__setitem__(0, "00" * 32), "inclusion proof"),
     (lambda b: b.update(checkpoint=b["checkpoint"].replace("\n100\n", "\n101\n")), "signature"),
     (lambda b: b.update(format="other"), "not a proof bundle"),
+    (lambda b: b.update(entry=[]), "'entry' is missing or of the wrong type"),
+    (lambda b: b.update(anchor="0x00"), "'anchor' is missing or of the wrong type"),
 ])  # fmt: skip
 def test_tampered_bundle_is_rejected(tmp_path: Path, edit: Callable[[dict[str, Any]], None], reason: str) -> None:
     """Each edit of a proof bundle makes the standalone check fail with a reason."""
@@ -226,14 +236,14 @@ def test_tampered_bundle_is_rejected(tmp_path: Path, edit: Callable[[dict[str, A
     bundle = build_proof(store, ORIGIN, 37, key)
     store.close()
     edit(bundle)
-    with pytest.raises(ProofError, match=reason):
+    with pytest.raises((ProofError, BundleError), match=reason):
         verify_bundle(bundle, key=key)
 
 
 def test_proof_for_missing_or_uncheckpointed_entry(tmp_path: Path) -> None:
     """No proof for an entry that does not exist, nor for one no checkpoint covers yet."""
     path, key = make_log(tmp_path, n=10, every=1000)
-    db = sqlite3.connect(path)
+    db = _unguarded_checkpoints(path)
     db.execute("DELETE FROM ledger_checkpoints")
     db.commit()
     db.close()
