@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from ledger.checkpoint import CheckpointError, NoteVerifier
-from ledger.entry import GENESIS, EntryError, canonical_of_stored, check_fields
+from ledger.entry import GENESIS, EntryError, canonical_entry, check_fields
 from ledger.merkle import MerkleTree, leaf_hash
 from ledger.store import Store
 
@@ -114,7 +114,7 @@ def verify_log(
     for stored_seq, stored_hash, body in store.read(origin):
         try:
             fields = check_fields(orjson.loads(body))
-            recanon = canonical_of_stored(fields, body)
+            recanon = canonical_entry(fields)
         except (EntryError, orjson.JSONDecodeError) as exc:
             problem("malformed", f"not a valid entry: {exc}", stored_seq)
             fields, recanon = {"seq": stored_seq, "prev": None}, body
