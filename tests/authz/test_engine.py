@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,66 @@ def test_a_matcher_that_ignores_subjects_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(PolicyError, match="must select rules by subject"):
         build(folder, 2)
+
+
+def _random_policy(folder: Path, rnd: random.Random) -> None:
+    """A policy of random rules over few names, so that wildcards, denies and role chains collide."""
+    import shutil
+
+    shutil.copytree(POLICIES, folder)
+    names = ["route:/v1/chat/completions", "route:/v1/*", "route:/admin/*", "model:llama-*", "model:llama-3",
+             "model:*", "model:e5-*", "model:llama-3-*", "route:/*"]  # fmt: skip
+    acts = ["infer", "embed", "read", "admin", "*"]
+    lines = []
+    for _ in range(rnd.randrange(5, 40)):
+        sub = rnd.choice([f"role:r{rnd.randrange(6)}", "apikey:k1", "user:u1"])
+        lines.append(f"p, {sub}, {rnd.choice(names)}, {rnd.choice(acts)}, {rnd.choice(['allow', 'allow', 'deny'])}")
+    for r in range(1, 6):
+        if rnd.random() < 0.6:
+            lines.append(f"g, role:r{r}, role:r{rnd.randrange(r)}")
+    (folder / "policy.csv").write_text("\n".join(dict.fromkeys(lines)) + "\n")
+    (folder / "tests.yaml").write_text(
+        "tests:\n  - name: strangers get nothing\n    roles: [nobody]\n"
+        "    object: route:/v1/models\n    action: read\n    expect: deny\n"
+    )
+
+
+def test_compiled_model_decides_like_casbin(tmp_path: Path) -> None:
+    """On random policies, the compiled model's decision and rule equal Casbin's, and its allow the whole policy's."""
+    from gateway.authz import files
+
+    rnd = random.Random(1907)
+    objects = ["route:/v1/chat/completions", "route:/v1/models", "route:/admin/policy/reload", "model:llama-3",
+               "model:llama-3-70b", "model:e5-small", "model:gpt", "route:/", "model:llama-"]  # fmt: skip
+    checked = 0
+    for n in range(40):
+        _random_policy(tmp_path / f"p{n}", rnd)
+        engine = PolicyEngine(files.load(tmp_path / f"p{n}"), 1)
+        assert engine.compiled
+        for _ in range(60):
+            subject = rnd.choice(["-", "apikey:k1", "user:u1"])
+            roles = engine._expand_uncached(subject, frozenset(f"r{i}" for i in range(6) if rnd.random() < 0.3))
+            case = (subject, roles, rnd.choice(objects), rnd.choice(["infer", "embed", "read", "admin"]))
+            assert engine._compiled is not None
+            compiled = engine._compiled.decide(*case)
+            assert compiled == engine._casbin_decide(*case), case
+            assert compiled[0] == bool(engine._enforcer.enforce(*case)), case
+            checked += 1
+    assert checked == 2400
+
+
+def test_another_model_is_left_to_casbin(tmp_path: Path) -> None:
+    """A model.conf other than the shipped one is decided by Casbin's enforcers, with the same results."""
+    import shutil
+
+    from gateway.authz import files
+
+    folder = tmp_path / "p"
+    shutil.copytree(POLICIES, folder)
+    conf = (folder / "model.conf").read_text().replace('(p.act == "*" || r.act == p.act)', "r.act == p.act")
+    (folder / "model.conf").write_text(conf)
+    engine = PolicyEngine(files.load(folder), 1)
+    assert not engine.compiled
+    assert engine.decide(who("user"), "model:smollm2-135m-instruct", "infer").allowed
+    assert not engine.decide(who("user"), "model:gpt-oss-20b", "infer").allowed
+    assert PolicyEngine(files.load(POLICIES), 1).compiled
