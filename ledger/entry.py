@@ -30,15 +30,23 @@ def _orjson_is_jcs(value: Any) -> bool:
 
     The two agree on strings, escapes, integers up to 2**53 and key order when keys are ASCII.
     They differ on floats (number formatting) and on keys outside the BMP (JCS sorts by UTF-16
-    code units), so those go through the reference implementation.
+    code units), so those go through the reference implementation. (Exact type tests, and
+    strings handled without a call: the verifier runs this for every entry.)
     """
-    if isinstance(value, str) or value is None or isinstance(value, bool):
+    t = type(value)
+    if t is str or t is bool or value is None:
         return True
-    if isinstance(value, int):
+    if t is int:
         return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and k.isascii() and _orjson_is_jcs(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or not k.isascii():
+                return False
+            tv = type(v)
+            if not (tv is str or tv is bool or v is None) and not _orjson_is_jcs(v):
+                return False
+        return True
+    if t is list or t is tuple:
         return all(_orjson_is_jcs(v) for v in value)
     return False
 
