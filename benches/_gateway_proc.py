@@ -47,6 +47,9 @@ def settings_for(upstream_port: int, port: int, state_dir: Path, *, tls: bool) -
         backends={"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1"}},
         models=[{"name": "bench", "backend": "up"}],
         server={"host": "127.0.0.1", "port": port},
+        # The ledger writes every request (group commit, fsync) as in production; anchoring is a
+        # background task every few seconds and needs a chain node, which this bench does not run.
+        ledger={"chain": {"enabled": False}},
     )
 
 

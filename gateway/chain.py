@@ -52,8 +52,14 @@ def embedded_anvil(settings: Settings) -> Anvil:
 def _rpc(url: str, method: str, *params: Any) -> Any:
     import requests
 
-    resp = requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}, timeout=10)
-    body = resp.json()
+    try:
+        with requests.Session() as session:
+            session.trust_env = False  # a stray HTTP_PROXY must not reroute chain traffic
+            resp = session.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
+                                timeout=10)  # fmt: skip
+            body = resp.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise ChainError(f"{method} at {url} failed: {exc}") from None
     if "error" in body:
         raise ChainError(f"{method}: {body['error']}")
     return body["result"]

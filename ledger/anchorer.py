@@ -85,6 +85,11 @@ class Anchorer:
             if isinstance(exc, ChainError):
                 self.close_chain()  # reconnect next time: the node may have restarted or been replaced
             return None
+        except Exception as exc:  # a bug or an unforeseen client error must not end anchoring for good
+            _log.exception("anchoring %s failed unexpectedly", self.origin)
+            self._error = f"unexpected error: {exc!r}"
+            self.close_chain()
+            return None
         self._error = None
         return record
 
