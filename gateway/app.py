@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,6 +24,9 @@ from backends.openai_http import OpenAIHTTPBackend
 from backends.triton import TritonBackend
 from gateway.api import admin, embeddings, generate, ledger, models
 from gateway.audit import AuditTrail
+from gateway.authz.propagate import PolicyChannel
+from gateway.authz.ratelimit import Limiter, LocalLimiter
+from gateway.authz.shared_limits import RedisLimiter
 from gateway.authz.store import PolicyStore
 from gateway.errors import ConfigError, GatewayError, InternalError, MethodNotAllowed, NotFound, PolicyError
 from gateway.identity.apikeys import APIKeyStore
@@ -30,7 +34,7 @@ from gateway.identity.authenticate import Authenticator
 from gateway.identity.jwt import JWTVerifier
 from gateway.routing import Router
 from gateway.security import Security, guard
-from gateway.settings import OpenAIBackendSettings, Settings
+from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
 from gateway.state import Gateway, json_response, request_id
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,12 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
             url = settings.local_triton_url() if cfg.url == "embedded" else cfg.url
             backends[name] = TritonBackend(name, url, timeout_s=cfg.timeout_s, connect_timeout_s=cfg.connect_timeout_s)
     return backends
+
+
+def _redis(cfg: RedisSettings) -> Redis:
+    """A Redis client (a pool) for ``cfg``; nothing connects until the first call."""
+    return Redis.from_url(cfg.url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s,
+                          socket_keepalive=True, health_check_interval=30)  # fmt: skip
 
 
 def _error_response(request: Request, exc: GatewayError) -> Response:
@@ -126,9 +136,16 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             jwks_http = aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=10))
         stop = asyncio.Event()
         watcher = asyncio.create_task(policy.watch(stop)) if settings.policy.watch else None
+        limiter: Limiter = LocalLimiter()
+        channel, listener = None, None
+        if settings.redis is not None:  # shared rate limits, and policy changes told to the other replicas
+            limiter = RedisLimiter(_redis(settings.redis), settings.redis.prefix)
+            channel = PolicyChannel(_redis(settings.redis), settings.redis.prefix, policy,
+                                    timeout_s=settings.redis.timeout_s)  # fmt: skip
+            listener = asyncio.create_task(channel.run())
         try:
             jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
-            security = Security(Authenticator(keys, jwt, audit), policy, audit)
+            security = Security(Authenticator(keys, jwt, audit), policy, audit, limiter)
             app.state.gateway = Gateway(settings, Router(settings, backends), security, audit)
             yield
         finally:
@@ -136,6 +153,12 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+            if channel is not None:
+                await channel.aclose()
+            await limiter.aclose()
             if jwks_http is not None:
                 await jwks_http.close()
             keys.close()

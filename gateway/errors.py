@@ -134,6 +134,14 @@ class AuditUnavailable(GatewayError):
     code = "audit_unavailable"
 
 
+class RateLimiterUnavailable(GatewayError):
+    """The shared rate-limit store cannot be reached, so nothing is admitted (fail closed, 503)."""
+
+    status = 503
+    type = "server_error"
+    code = "rate_limiter_unavailable"
+
+
 class ConfigError(Exception):
     """A configuration file or value is invalid. Raised at start or reload, never per request."""
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from gateway.audit import AuditSink
 from gateway.authz.engine import Effective
-from gateway.authz.ratelimit import RateLimiter
+from gateway.authz.ratelimit import Limiter, LocalLimiter, Windows
 from gateway.authz.store import PolicyStore
 from gateway.errors import GatewayError, PermissionDenied
 from gateway.identity.authenticate import Authenticator
@@ -42,15 +42,16 @@ class Admission:
 
     principal: Principal
     limits: Effective
-    windows: list[tuple[str, str]]
+    windows: Windows
 
 
 class Security:
-    def __init__(self, authenticator: Authenticator, policy: PolicyStore, audit: AuditSink) -> None:
+    def __init__(self, authenticator: Authenticator, policy: PolicyStore, audit: AuditSink,
+                 limiter: Limiter | None = None) -> None:  # fmt: skip
         self.authenticator = authenticator
         self.policy = policy
         self.audit = audit
-        self.limiter = RateLimiter()
+        self.limiter: Limiter = LocalLimiter() if limiter is None else limiter
 
     async def _check(self, principal: Principal, obj: str, act: str) -> None:
         engine = self.policy.engine
@@ -84,11 +85,11 @@ class Security:
             if max_tokens is not None and limits.max_tokens is not None and max_tokens > limits.max_tokens:
                 raise PermissionDenied(f"permission denied: max_tokens above {limits.max_tokens} is not allowed "
                                        "for your roles", param="max_tokens")  # fmt: skip
-            windows = self.limiter.admit(principal.subject, model, limits)
+            windows = await self.limiter.admit(principal.subject, model, limits)
         except GatewayError as exc:
             await self.audit.commit("authz.limit", principal.subject, {"model": model, "refused": exc.message})
             raise
         return Admission(principal, limits, windows)
 
-    def charge(self, admission: Admission, tokens: int) -> None:
-        self.limiter.add_tokens(admission.windows, tokens)
+    async def charge(self, admission: Admission, tokens: int) -> None:
+        await self.limiter.add_tokens(admission.windows, tokens)

@@ -174,6 +174,17 @@ class PolicySettings(_Frozen):
     """Reload on change (validated and tested first; a bad edit keeps the old policy)."""
 
 
+class RedisSettings(_Frozen):
+    """Redis shared by the replicas: rate-limit windows, and policy change messages."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """``redis://[:password@]host:port/db``, or ``rediss://`` for TLS."""
+    prefix: str = Field("llm-gateway:", min_length=1)
+    """Starts every key and the policy channel (``<prefix>policy``); one per gateway deployment."""
+    timeout_s: float = Field(1.0, gt=0)
+    """Deadline for connecting and for one call; past it a request is refused with 503 (fail closed)."""
+
+
 class ChainSettings(_Frozen):
     """Where checkpoints are anchored: an EVM chain reached over JSON-RPC (web3)."""
 
@@ -244,6 +255,8 @@ class Settings(BaseSettings):
     local_triton: LocalTritonSettings = LocalTritonSettings()
     auth: AuthSettings = AuthSettings()
     policy: PolicySettings = PolicySettings()
+    redis: RedisSettings | None = None
+    """None: each replica limits rates on its own (in process)."""
     ledger: LedgerSettings = LedgerSettings()
 
     @model_validator(mode="after")

@@ -128,6 +128,41 @@ async def test_rate_limit_429(gw) -> None:
         assert (await other.post(CHAT, json=_chat())).status_code == 200
 
 
+async def test_rate_limit_shared_by_replicas(triton, tmp_path: Path) -> None:
+    """Two gateway replicas on one Redis prefix share a caller's limit: together they admit it once."""
+    import uuid
+
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    with (folder / "policy.csv").open("a") as f:
+        f.write("p, role:user, model:echo*, infer, allow\n")
+    text = (folder / "limits.yaml").read_text().replace("requests_per_minute: 60\n", "requests_per_minute: 3\n", 1)
+    (folder / "limits.yaml").write_text(text)
+    shared = {"policy": {"dir": folder, "watch": False}, "auth": {"api_keys_db": tmp_path / "keys.sqlite3"},
+              "redis": {"url": "redis://127.0.0.1:6379/0", "prefix": f"test:{uuid.uuid4().hex}:"}}  # fmt: skip
+    a, b = (create_app(make_settings(triton, tmp_path / n, **shared)) for n in ("a", "b"))
+    key = new_key(make_settings(triton, tmp_path / "a", **shared), "user")
+    async with in_process(a, key) as ca, in_process(b, key) as cb:
+        statuses = [(await c.post(CHAT, json=_chat())).status_code for c in (ca, cb, ca)]
+        assert statuses == [200, 200, 200]
+        r = await cb.post(CHAT, json=_chat())
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60
+
+
+async def test_rate_limiter_down_fails_closed(triton, tmp_path: Path) -> None:
+    """With the shared Redis unreachable the gateway still starts, and refuses requests with 503."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(triton, tmp_path, redis={"url": f"redis://127.0.0.1:{port}/0"})
+    async with in_process(create_app(settings), new_key(settings, "admin")) as c:
+        r = await c.post(CHAT, json=_chat())
+        assert r.status_code == 503 and r.json()["error"]["code"] == "rate_limiter_unavailable"
+        assert (await c.get("/v1/models")).status_code == 200  # what no rate limit guards is served
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -31,7 +31,7 @@ async def embeddings(request: Request) -> Response:
     except GatewayError as exc:
         ticket.close("error", status=exc.status)
         raise
-    gw.security.charge(adm, result.prompt_tokens)
+    await gw.security.charge(adm, result.prompt_tokens)
     served: dict[str, Any] = {
         "model": resolved.route.name,
         "fallback_used": fallback_used,

@@ -95,7 +95,7 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
         await answer.aclose()
         ticket.close(outcome, status=status, model=answer.resolved.route.name, fallback_used=answer.fallback_used,
                      usage=usage, response="".join(text).encode() if outcome == "ok" else None)  # fmt: skip
-    gw.security.charge(adm, usage.total_tokens if usage else 0)
+    await gw.security.charge(adm, usage.total_tokens if usage else 0)
     obj = render.response(shape, rid, answer.resolved.route.name, "".join(text), finish, usage, extra)
     return json_response(obj, headers=headers)
 
@@ -134,7 +134,7 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
         yield event(InternalError(f"internal error in stream {rid}").body())
     finally:
         await answer.aclose()
-        gw.security.charge(adm, usage.total_tokens if usage else 0)
         ticket.close(outcome, status=status, model=model, fallback_used=answer.fallback_used, usage=usage,
                      response="".join(text).encode() if outcome == "ok" else None)  # fmt: skip
+        await gw.security.charge(adm, usage.total_tokens if usage else 0)
     yield DONE

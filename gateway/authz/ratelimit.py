@@ -1,9 +1,10 @@
 """Per-caller, per-model rate limits from ``limits.yaml``: requests and tokens per minute.
 
-A sliding window of one minute per (caller, model pattern), kept in this process. A request is
-admitted when the window's requests and tokens are under the caller's limits; its tokens are
-counted when the response reports usage. Several replicas each enforce the limit on their own
-share of traffic (a shared store is future work, see docs/policies.md).
+A sliding window of one minute per (caller, model pattern). A request is admitted when the
+window's requests and tokens are under the caller's limits; its tokens are counted when the
+response reports usage. ``Limiter`` is the interface ``Security`` sees. ``LocalLimiter`` keeps
+the windows in this process, so several replicas each enforce the limit on their own share of
+traffic; ``gateway.authz.shared_limits.RedisLimiter`` keeps them in Redis, shared by all replicas.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import casbin.util
 
@@ -18,6 +20,23 @@ from gateway.authz.engine import Effective
 from gateway.errors import RateLimited
 
 WINDOW_S = 60.0
+
+Windows = list[tuple[str, str]]
+"""The (caller, model pattern) windows a request was counted in, to charge its tokens to."""
+
+
+class Limiter(Protocol):
+    async def admit(self, subject: str, model: str, limits: Effective) -> Windows:
+        """Count one request in each of the caller's windows for ``model``, or raise RateLimited (or a 503)."""
+        ...
+
+    async def add_tokens(self, windows: Windows, tokens: int) -> None:
+        """Charge a response's tokens to the windows its request was admitted to. Never raises."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the limiter holds (connections)."""
+        ...
 
 
 @dataclass
@@ -66,3 +85,19 @@ class RateLimiter:
             if w is not None and tokens > 0:
                 w.tokens.append((now, tokens))
                 w.token_sum += tokens
+
+
+class LocalLimiter:
+    """``Limiter`` over this process's own windows: one replica, or a limit per replica."""
+
+    def __init__(self) -> None:
+        self.windows = RateLimiter()
+
+    async def admit(self, subject: str, model: str, limits: Effective) -> Windows:
+        return self.windows.admit(subject, model, limits)
+
+    async def add_tokens(self, windows: Windows, tokens: int) -> None:
+        self.windows.add_tokens(windows, tokens)
+
+    async def aclose(self) -> None:
+        pass

@@ -2,7 +2,8 @@
 
 A reload that fails at any step keeps the current policy serving; the rejection, with its
 reason, is kept for ``/admin/policy/status`` and handed to the audit path, like every accepted
-change (with the files' SHA-256 digests and the new version number).
+change (with the files' SHA-256 digests and the new version number). Listeners hear of every
+accepted change (``gateway.authz.propagate`` tells the other replicas).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,8 @@ class PolicyStore:
         self.engine = build(root, 1)  # at start a bad policy is fatal: there is nothing to keep serving
         self.loaded_at = time.time()
         self.last_rejection: Rejection | None = None
+        self.listeners: list[Callable[[PolicyEngine], None]] = []
+        """Called with each accepted engine, after the swap; they must not raise."""
         audit.record("policy.loaded", "gateway", self._describe(self.engine))
 
     @staticmethod
@@ -70,6 +74,8 @@ class PolicyStore:
         self.last_rejection = None
         log.info("policy version %d in force (%s)", engine.version, engine.files.digest[:12])
         self._audit.record("policy.accepted", actor, self._describe(engine))
+        for listener in self.listeners:
+            listener(engine)
         return True
 
     def status(self) -> dict[str, Any]:
