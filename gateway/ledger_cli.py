@@ -80,39 +80,58 @@ def ledger() -> None:
 @ledger.command("verify")
 @_config
 @click.option("--chain/--no-chain", default=None, help="Check anchors on the chain (default: when one is configured).")
-@click.option("--key", "keys", multiple=True, help="A published verifier key to pin (default: this gateway's).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(config_file: Path | None, chain: bool | None, keys: tuple[str, ...], as_json: bool) -> None:
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    help="A published verifier key to pin; repeat for several logs (default: this gateway's own).",
+)
+@click.option("--all-logs", is_flag=True, help="Verify every log in the store (each replica's), not only this one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+def verify(config_file: Path | None, chain: bool | None, keys: tuple[str, ...], all_logs: bool, as_json: bool) -> None:
     """Recompute every hash, link, Merkle root, checkpoint signature and anchor. Exit 1 on tampering."""
     from ledger.verifier import verify_log
 
     settings = _load(config_file)
-    origin = settings.ledger.origin
-    pinned = [k for k in keys if k.split("+", 1)[0] == origin]
-    if keys and not pinned:
-        raise click.ClickException(f"none of the --key values is for log {origin!r} (a key starts with its log's name)")
-    vkey = pinned[0] if pinned else verifier_key(settings)
+    by_log: dict[str, str] = {}
+    for k in keys:
+        by_log.setdefault(k.split("+", 1)[0], k)
     use_chain = settings.ledger.chain.enabled if chain is None else chain
     with _store(settings) as store, _chain(settings, use_chain) as anchor:
-        total = store.count(origin)
-        with click.progressbar(length=total, label=f"verifying {origin}", file=sys.stderr,
-                               show_pos=True) as bar:  # fmt: skip
-            report = verify_log(store, origin, vkey, chain=anchor, progress=bar.update)
+        origins = store.logs() if all_logs else [settings.ledger.origin]
+        vkeys = {o: _key_for(settings, o, by_log, bool(keys)) for o in origins}
+        reports = []
+        for origin in origins:
+            with click.progressbar(length=store.count(origin), label=f"verifying {origin}", file=sys.stderr,
+                                   show_pos=True) as bar:  # fmt: skip
+                reports.append(verify_log(store, origin, vkeys[origin], chain=anchor, progress=bar.update))
     if as_json:
-        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        chain_note = f"{report.anchors_checked} anchors checked on the chain" if report.chain_checked else (
-            "chain not checked")  # fmt: skip
-        click.echo(f"{origin}: {report.entries} entries, {report.checkpoints} checkpoints, {chain_note}")
-        if report.entries:
-            click.echo(f"anchored through tree size {report.anchored_size}; {report.unanchored} newer entries "
-                       "are not anchored yet")  # fmt: skip
-    if not report.ok:
+        click.echo(orjson.dumps([r.to_dict() for r in reports], option=orjson.OPT_INDENT_2).decode())
+    failed = False
+    for report in reports:
+        if not as_json:
+            chain_note = f"{report.anchors_checked} anchors checked on the chain" if report.chain_checked else (
+                "chain not checked")  # fmt: skip
+            click.echo(f"{report.origin}: {report.entries} entries, {report.checkpoints} checkpoints, {chain_note}")
+            if report.entries:
+                click.echo(f"  anchored through tree size {report.anchored_size}; {report.unanchored} newer entries "
+                           "are not anchored yet")  # fmt: skip
         for p in report.problems:
-            click.echo(f"TAMPERED: {p}", err=True)
+            click.echo(f"TAMPERED: {report.origin}: {p}", err=True)
+        failed = failed or not report.ok
+    if failed:
         sys.exit(1)
     if not as_json:
         click.echo("OK")
+
+
+def _key_for(settings: Settings, origin: str, pinned: dict[str, str], any_pinned: bool) -> str:
+    """The verifier key for ``origin``: a pinned one, else this gateway's own for its own log."""
+    if origin in pinned:
+        return pinned[origin]
+    if origin == settings.ledger.origin and not any_pinned:
+        return verifier_key(settings)
+    raise click.ClickException(f"no --key for log {origin!r} (a verifier key starts with its log's name)")
 
 
 @contextmanager

@@ -37,7 +37,7 @@ def _orjson_is_jcs(value: Any) -> bool:
     if t is str or t is bool or value is None:
         return True
     if t is int:
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
+        return bool(-_MAX_SAFE_INT <= value <= _MAX_SAFE_INT)
     if t is dict:
         for k, v in value.items():
             if type(k) is not str or not k.isascii():

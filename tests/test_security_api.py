@@ -279,7 +279,7 @@ async def test_decisions_reach_the_audit_path(gw) -> None:
     completed = next(e for e in events if e["kind"] == "request.completed")
     assert admitted["model"] == "echo" and admitted["request_digest"].startswith("hmac-sha256:")
     assert completed["admitted_seq"] < len(entries) and completed["outcome"] == "ok"
-    secret = key.rsplit("_", 1)[1]
+    secret = key.split("_", 2)[2]
     assert all(secret.encode() not in b for b in bodies)
     assert all(b'"hi"' not in b for b in bodies), "prompts must never be stored"
 

@@ -25,7 +25,7 @@ async def test_create_and_verify(store: APIKeyStore, tmp_path: Path) -> None:
     info, key = store.create("billing-svc", ["service"])
     p = await store.verify(key)
     assert p.subject == f"apikey:{info.id}" and p.roles == {"service"} and p.owner == "billing-svc"
-    secret = key.rsplit("_", 1)[1]
+    secret = key.split("_", 2)[2]
     raw = (tmp_path / "keys.sqlite3").read_bytes() + b"".join(
         bytes(r[0]) + bytes(r[1])
         for r in sqlite3.connect(tmp_path / "keys.sqlite3").execute("SELECT salt, hash FROM api_keys")
@@ -38,7 +38,7 @@ async def test_create_and_verify(store: APIKeyStore, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mangle", [
     lambda k: k[:-1] + ("A" if k[-1] != "A" else "B"),  # wrong secret
-    lambda k: "gk_000000000000_" + k.rsplit("_", 1)[1],  # unknown id
+    lambda k: "gk_000000000000_" + k.split("_", 2)[2],  # unknown id
     lambda k: "gk_short_secret",  # malformed
     lambda k: "gk_" + k[3:15],  # no secret
 ])  # fmt: skip
@@ -81,7 +81,7 @@ def test_keys_cli(tmp_path: Path) -> None:
     key = next(line for line in created.output.splitlines() if line.startswith("gk_"))
     key_id = key.split("_")[1]
     listed = runner.invoke(main, ["keys", "list", "-c", str(cfg)])
-    assert key_id in listed.output and "admin,user" in listed.output and key.split("_")[2] not in listed.output
+    assert key_id in listed.output and "admin,user" in listed.output and key.split("_", 2)[2] not in listed.output
     assert "active" in listed.output
     assert runner.invoke(main, ["keys", "revoke", "-c", str(cfg), key_id]).exit_code == 0
     assert "revoked" in runner.invoke(main, ["keys", "list", "-c", str(cfg)]).output

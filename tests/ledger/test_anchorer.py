@@ -187,3 +187,21 @@ def test_kill_9_under_load_loses_no_acknowledged_entry(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path, "test.local/kill")
     assert ledger.commit_sync("test.event", "after", {}) == stored
     ledger.close()
+
+
+def test_an_unexpected_error_does_not_end_anchoring(tmp_path: Path) -> None:
+    """An error the anchorer did not foresee is reported in its status, and the next step tries again."""
+    ledger = _ledger(tmp_path, "test.local/unexpected")
+    _fill(ledger, 10)
+    ledger.close()
+    calls = 0
+
+    def connect() -> ChainAnchor:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("surprise")
+
+    anchorer = Anchorer(open_store(str(tmp_path / "l.sqlite3")), ledger.origin, connect)
+    assert anchorer.step() is None and anchorer.step() is None
+    assert calls == 2 and "surprise" in (anchorer.status().error or "")
+    assert anchorer.status().lag_entries == 10

@@ -147,4 +147,39 @@ async def test_cli_records_keys_verifies_exports_and_detects_tampering(triton: A
     db.close()
     tampered = run(main, ["ledger", "verify", "--config", str(cfg)])
     assert tampered.exit_code == 1
-    assert "TAMPERED: entry 0:" in tampered.output and "[edited]" in tampered.output
+    assert "TAMPERED: llm-gateway.local/default: entry 0:" in tampered.output and "[edited]" in tampered.output
+
+
+def test_cli_verifies_every_replica_log_on_postgres(triton: Any, tmp_path: Path, pg_url: str) -> None:
+    """With PostgreSQL shared by replicas, ``verify --all-logs`` checks each replica's log under its own pinned key."""
+    import psycopg
+
+    from ledger.log import Ledger, LedgerConfig
+
+    cfg = _config_file(tmp_path, triton)
+    values = yaml.safe_load(cfg.read_text())
+    values["ledger"].update(store=pg_url, origin="gw.test/replica-a")
+    cfg.write_text(yaml.safe_dump(values))
+    run = CliRunner().invoke
+    assert run(main, ["keys", "create", "--config", str(cfg), "--owner", "a", "--role", "user"]).exit_code == 0
+    other = Ledger(LedgerConfig(store_url=pg_url, origin="gw.test/replica-b", signing_key=tmp_path / "b.key"))
+    other.start()
+    other.commit_sync("request.admitted", "key:gk_b", {"model": "echo"})
+    other.close()
+    key_a = run(main, ["ledger", "key", "--config", str(cfg)]).output.strip()
+    only_b = run(main, ["ledger", "verify", "--config", str(cfg), "--all-logs", "--key", other.verifier_key])
+    assert only_b.exit_code == 1 and "no --key for log 'gw.test/replica-a'" in only_b.output
+    both = ["ledger", "verify", "--config", str(cfg), "--all-logs", "--key", key_a, "--key", other.verifier_key]
+    ok = run(main, both)
+    assert ok.exit_code == 0, ok.output
+    assert "gw.test/replica-a: 1 entries" in ok.output and "gw.test/replica-b: 1 entries" in ok.output
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute(b"ALTER TABLE ledger_entries DISABLE TRIGGER USER")
+        db.execute(
+            b"UPDATE ledger_entries SET body = convert_to(replace(convert_from(body, 'UTF8'), 'echo', 'evil'), "
+            b"'UTF8') WHERE log = 'gw.test/replica-b'"
+        )
+        db.execute(b"ALTER TABLE ledger_entries ENABLE TRIGGER USER")
+    tampered = run(main, both)
+    assert tampered.exit_code == 1
+    assert "TAMPERED: gw.test/replica-b: entry 0:" in tampered.output and "[edited]" in tampered.output
