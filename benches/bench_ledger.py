@@ -99,11 +99,11 @@ class Target:
 
 
 @contextmanager
-def postgres_db(admin: str) -> Iterator[str]:
-    """A scratch database on the real server, dropped afterwards."""
+def postgres_db(admin: str, prefix: str = "gateway_bench") -> Iterator[str]:
+    """A scratch database on the real server, dropped afterwards (the tests' ``pg_url`` uses it too)."""
     import psycopg
 
-    name = f"gateway_bench_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin, autocommit=True) as db:
         db.execute(f'CREATE DATABASE "{name}"'.encode())
     try:

@@ -45,20 +45,10 @@ TEST_MODELS: list[dict[str, Any]] = [
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh database on the machine's real PostgreSQL server, dropped after the session."""
-    import os
-    import uuid
+    from benches.bench_ledger import PG_ADMIN, postgres_db
 
-    import psycopg
-
-    admin = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"'.encode())
-    try:
-        yield admin.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with postgres_db(PG_ADMIN, "gateway_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -30,16 +30,22 @@ from gateway.errors import RateLimited, RateLimiterUnavailable
 
 log = logging.getLogger(__name__)
 
-# KEYS: per window i, KEYS[2i-1] its requests and KEYS[2i] its tokens.
-# ARGV: now in ms ("" = the server's clock), window in ms, the request's member, then per window
-# its requests and tokens per minute (-1 = no limit).
-# Returns {0} when admitted, or {i, kind, ms until the window has room} (kind 1 requests, 2 tokens).
-_ADMIT = """
+# Both scripts start here: ARGV[1] is now in ms, or "" for the server's clock (replicas need not agree).
+_CLOCK = """
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+"""
+
+# KEYS: per window i, KEYS[2i-1] its requests and KEYS[2i] its tokens.
+# ARGV: now in ms ("" = the server's clock), window in ms, the request's member, then per window
+# its requests and tokens per minute (-1 = no limit).
+# Returns {0} when admitted, or {i, kind, ms until the window has room} (kind 1 requests, 2 tokens).
+_ADMIT = (
+    _CLOCK
+    + """
 local window = tonumber(ARGV[2])
 local n = #KEYS / 2
 for i = 1, n do
@@ -78,20 +84,19 @@ for i = 1, n do
 end
 return {0}
 """
+)
 
 # KEYS: the token sets to charge. ARGV: now in ms ("" = the server's clock), window in ms, member.
-_CHARGE = """
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+_CHARGE = (
+    _CLOCK
+    + """
 for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
 end
 return 0
 """
+)
 
 
 class RedisLimiter:
