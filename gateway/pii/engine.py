@@ -140,6 +140,25 @@ def build_analyzer(profile: Profile) -> AnalyzerEngine:
         def validate_result(self, pattern_text: str) -> bool:
             return luhn_ok("".join(ch for ch in pattern_text if ch.isdigit()))
 
+    class NanpPhoneRecognizer(PatternRecognizer):
+        """North American numbers by format alone (python-phonenumbers also wants an assigned area code)."""
+
+        def __init__(self) -> None:
+            ext = r"(?:\s?(?:x|ext\.?)\s?\d{1,6})?"
+            prefix = r"(?:(?:\+1|001)[-. ]?)?"
+            area, local = r"(?:\([2-9]\d\d\) ?|[2-9]\d\d[-.])", r"[2-9]\d\d[-.]\d{4}"
+            super().__init__(
+                supported_entity="PHONE_NUMBER",
+                name="NanpPhoneRecognizer",
+                patterns=[
+                    # Same base score as PhoneRecognizer: below 0.5 unless a context word lifts it.
+                    Pattern("nanp_formatted", rf"(?<![\w+]){prefix}{area}{local}{ext}\b", 0.4),
+                    # Ten bare digits are as often an order number: only context can report them.
+                    Pattern("nanp_digits", r"(?<![\w+])[2-9]\d\d[2-9]\d{6}\b", 0.05),
+                ],
+                context=[*PhoneRecognizer.CONTEXT, "text", "reach", "contact", "dial", "fax"],
+            )
+
     mapping = NerModelConfiguration(
         model_to_presidio_entity_mapping=_NER_MAPPING,
         labels_to_ignore=_NER_IGNORE,
@@ -157,6 +176,7 @@ def build_analyzer(profile: Profile) -> AnalyzerEngine:
     registry.remove_recognizer("PhoneRecognizer")
     registry.add_recognizer(PhoneRecognizer(supported_regions=PHONE_REGIONS))
     registry.add_recognizer(Mastercard2Recognizer())
+    registry.add_recognizer(NanpPhoneRecognizer())
     # Presidio matches context only against non-stop-words, and spaCy's English stop list holds
     # some of its context words ("call" for phones): without this, "call 212-736-5000" stays 0.4.
     for recognizer in registry.recognizers:

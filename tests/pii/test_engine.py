@@ -74,7 +74,7 @@ async def test_allow_list(pii_patterns):
 
 async def test_threshold(pii_patterns):
     """A bare phone number scores 0.4: reported at 0.3, dropped at 0.5; context lifts it."""
-    bare = "Reach 212-736-5000 later."
+    bare = "It is 212-736-5000 later."
     [low] = await pii_patterns.analyze([bare], entities=["PHONE_NUMBER"], threshold=0.3, timeout_s=T)
     [high] = await pii_patterns.analyze([bare], entities=["PHONE_NUMBER"], threshold=0.5, timeout_s=T)
     assert [round(f.score, 2) for f in low] == [0.4] and high == []
