@@ -24,6 +24,7 @@ from backends.openai_http import OpenAIHTTPBackend
 from backends.triton import TritonBackend
 from gateway.api import admin, embeddings, generate, ledger, models
 from gateway.audit import AuditTrail
+from gateway.authz.files import PolicyFiles
 from gateway.authz.propagate import PolicyChannel
 from gateway.authz.ratelimit import Limiter, LocalLimiter
 from gateway.authz.shared_limits import RedisLimiter
@@ -32,10 +33,16 @@ from gateway.errors import ConfigError, GatewayError, InternalError, MethodNotAl
 from gateway.identity.apikeys import APIKeyStore
 from gateway.identity.authenticate import Authenticator
 from gateway.identity.jwt import JWTVerifier
+from gateway.pii.engine import PIIUnavailable
+from gateway.pii.guard import Analyzer, PIIGuard
+from gateway.pii.policy import check_profile
+from gateway.pii.pool import AnalyzerPool
+from gateway.pii.redact import Redactor
 from gateway.routing import Router
 from gateway.security import Security, guard
 from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
 from gateway.state import Gateway, json_response, request_id
+from ledger.digest import load_or_create_key
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +115,41 @@ def _routes_entry(settings: Settings) -> dict[str, object]:
     return {"models": [{"name": m.name, **{k: getattr(m, k) for k in keep}} for m in settings.models]}
 
 
-def create_app(settings: Settings, *, backend_factory: BackendFactory = build_backends) -> Starlette:
-    """The ASGI app. The ledger, policy and backends are built in the lifespan and closed when it ends."""
+def pii_check(profile: str) -> Callable[[PolicyFiles], None]:
+    def check(files: PolicyFiles) -> None:
+        try:
+            check_profile(files.pii, profile)
+        except ValueError as exc:
+            raise PolicyError(f"pii.yaml: {exc}") from None
+
+    return check
+
+
+@asynccontextmanager
+async def _analyzer(settings: Settings, given: Analyzer | None) -> AsyncIterator[Analyzer]:
+    """The given analyzer, or worker processes of our own, loaded and warm before the first request."""
+    if given is not None:
+        yield given
+        return
+    p = settings.pii
+    pool = AnalyzerPool(p.profile, workers=p.workers, cache_size=p.cache_size)
+    try:
+        await pool.start()
+    except PIIUnavailable as exc:
+        raise ConfigError(f"pii: the {p.profile!r} analyzer cannot start: {exc}") from None
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+def create_app(settings: Settings, *, backend_factory: BackendFactory = build_backends,
+               analyzer: Analyzer | None = None) -> Starlette:  # fmt: skip
+    """The ASGI app. The ledger, analyzer, policy and backends are built in the lifespan and closed when it ends.
+
+    ``analyzer`` shares a running PII analyzer (tests start one per session); by default the app starts its
+    own worker processes.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -117,17 +157,18 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
 
         audit = await AuditTrail.open(settings, build_anchorer if settings.ledger.chain.enabled else None)
         try:
-            async with _serving(app, audit):
+            async with _analyzer(settings, analyzer) as pii, _serving(app, audit, pii):
                 yield
         finally:
             await audit.aclose()
 
     @asynccontextmanager
-    async def _serving(app: Starlette, audit: AuditTrail) -> AsyncIterator[None]:
+    async def _serving(app: Starlette, audit: AuditTrail, pii: Analyzer) -> AsyncIterator[None]:
         try:
-            policy = PolicyStore(settings.policy.dir, audit)
+            policy = PolicyStore(settings.policy.dir, audit, checks=[pii_check(settings.pii.profile)])
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from None
+        redactor = Redactor(load_or_create_key(settings.state_dir / "pii" / "hash.key"))
         audit.record("routes.loaded", "gateway", _routes_entry(settings))
         backends = backend_factory(settings)
         keys = APIKeyStore(settings.api_keys_db)
@@ -146,7 +187,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         try:
             jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
             security = Security(Authenticator(keys, jwt, audit), policy, audit, limiter)
-            app.state.gateway = Gateway(settings, Router(settings, backends), security, audit)
+            guard = PIIGuard(pii, redactor, audit)
+            app.state.gateway = Gateway(settings, Router(settings, backends), security, audit, guard)
             yield
         finally:
             stop.set()

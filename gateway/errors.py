@@ -142,6 +142,14 @@ class RateLimiterUnavailable(GatewayError):
     code = "rate_limiter_unavailable"
 
 
+class RedactionUnavailable(GatewayError):
+    """Personal-data screening cannot run (analyzer down or too slow), so nothing is served (fail closed)."""
+
+    status = 503
+    type = "server_error"
+    code = "pii_unavailable"
+
+
 class ConfigError(Exception):
     """A configuration file or value is invalid. Raised at start or reload, never per request."""
 

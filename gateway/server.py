@@ -11,20 +11,21 @@ import sys
 import uvicorn
 
 from backends.local.launcher import MODEL_SETS, LocalTriton
-from gateway.app import create_app
+from gateway.app import create_app, pii_check
 from gateway.authz.store import build as build_policy
 from gateway.errors import ConfigError, PolicyError
+from gateway.pii.guard import Analyzer
 from gateway.settings import Settings
 from gateway.tls import ensure_certificates, server_context
 
 log = logging.getLogger("gateway")
 
 
-def uvicorn_server(settings: Settings) -> uvicorn.Server:
+def uvicorn_server(settings: Settings, analyzer: Analyzer | None = None) -> uvicorn.Server:
     """A uvicorn server for ``settings``; its TLS context carries our minimum version and mTLS."""
     certs = ensure_certificates(settings) if settings.tls.enabled else None
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, analyzer=analyzer),
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
@@ -49,7 +50,7 @@ def uvicorn_server(settings: Settings) -> uvicorn.Server:
 def serve(settings: Settings) -> int:
     """Run until SIGINT or SIGTERM; both stop uvicorn gracefully, then the local Triton."""
     try:  # a bad policy stops the start with its file, line and reason, before anything runs
-        build_policy(settings.policy.dir, 1)
+        build_policy(settings.policy.dir, 1, checks=[pii_check(settings.pii.profile)])
     except PolicyError as exc:
         raise ConfigError(f"policy: {exc}") from None
     # uvicorn re-raises the signal it caught once it has shut down; with this handler SIGTERM

@@ -230,6 +230,18 @@ class LedgerSettings(_Frozen):
     chain: ChainSettings = ChainSettings()
 
 
+class PIISettings(_Frozen):
+    """The personal-data analyzer (Presidio); what it does with findings is policy (policies/pii.yaml)."""
+
+    profile: Literal["full", "patterns"] = "full"
+    """``full``: spaCy NER and patterns (names, places; ~10 ms CPU per 200 bytes). ``patterns``: pattern and
+    checksum recognizers only (no names; ~1.5 ms per 200 bytes)."""
+    workers: int | None = Field(None, ge=1, le=64)
+    """Analyzer processes (default: one per core); each holds its own model (~180 MB for full)."""
+    cache_size: int = Field(10_000, ge=0)
+    """Findings of recently seen texts, keyed by an HMAC of the text (chat turns resend earlier messages)."""
+
+
 def _default_backends() -> dict[str, TritonBackendSettings | OpenAIBackendSettings]:
     return {"local": TritonBackendSettings(kind="triton", url="embedded")}
 
@@ -258,6 +270,7 @@ class Settings(BaseSettings):
     redis: RedisSettings | None = None
     """None: each replica limits rates on its own (in process)."""
     ledger: LedgerSettings = LedgerSettings()
+    pii: PIISettings = PIISettings()
 
     @model_validator(mode="after")
     def _references(self) -> Settings:

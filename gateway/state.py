@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.audit import AuditTrail
+from gateway.pii.guard import PIIGuard
 from gateway.routing import Router
 from gateway.security import Security
 from gateway.settings import Settings
@@ -36,6 +37,7 @@ class Gateway:
     router: Router
     security: Security
     audit: AuditTrail
+    pii: PIIGuard
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

@@ -17,7 +17,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from backends.local.launcher import MODEL_SETS, LocalTriton
-from gateway.app import create_app
+from gateway import app as _app
 from gateway.identity.apikeys import APIKeyStore
 from gateway.server import uvicorn_server
 from gateway.settings import Settings
@@ -40,6 +40,30 @@ TEST_MODELS: list[dict[str, Any]] = [
     {"name": "gone-alone", "backend": "nowhere", "model": "echo"},
     {"name": "gone-to-vllm", "backend": "nowhere", "model": "echo", "fallback": "vllm-echo"},
 ]
+
+
+_SHARED: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def shared_pii_analyzer() -> AsyncIterator[Any]:
+    """One real PII analyzer (Presidio in a worker process, ``full`` profile) for every in-process app."""
+    from gateway.pii.pool import AnalyzerPool
+
+    pool = AnalyzerPool("full", workers=1)
+    await pool.start()
+    _SHARED["pii"] = pool
+    try:
+        yield pool
+    finally:
+        _SHARED.clear()
+        await pool.aclose()
+
+
+def create_app(settings: Settings, **kwargs: Any) -> Starlette:
+    """``gateway.app.create_app`` sharing the session's PII analyzer (apps in this event loop only)."""
+    kwargs.setdefault("analyzer", _SHARED.get("pii"))
+    return _app.create_app(settings, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +100,7 @@ def make_settings(triton: LocalTriton, tmp_path: Path, **overrides: Any) -> Sett
         "server": {"host": "127.0.0.1", "port": 0},
         "policy": {"dir": POLICIES, "watch": False},
         "ledger": {"chain": {"enabled": False}},  # the chain is tested in tests/ledger, with the session's anvil
+        "pii": {"workers": 1},  # live servers (own event loop) start their own analyzer: one process each
     }
     values.update(overrides)
     return Settings.load(None, **values)

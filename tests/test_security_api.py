@@ -10,9 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.app import create_app
 from ledger.store import open_store
-from tests.conftest import POLICIES, in_process, make_settings, new_key
+from tests.conftest import POLICIES, create_app, in_process, make_settings, new_key
 
 CHAT = "/v1/chat/completions"
 

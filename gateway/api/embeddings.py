@@ -13,6 +13,7 @@ from gateway.api.body import read_json, validate
 from gateway.api.schemas import EmbeddingRequest
 from gateway.api.ticket import admit
 from gateway.errors import GatewayError, UnprocessableRequest
+from gateway.pii.guard import counts_json
 from gateway.state import Gateway, json_response
 
 
@@ -23,7 +24,10 @@ async def embeddings(request: Request) -> Response:
     if any(not text for text in inputs):
         raise UnprocessableRequest("input must not contain empty strings", param="input")
     adm = await gw.security.admit(request, body.model, "embed")
-    ticket = await admit(request, gw, adm, body.model, route="/v1/embeddings", inputs=len(inputs))
+    rules = gw.security.policy.engine.pii(adm.principal, body.model)
+    inputs, found = await gw.pii.redact_texts(inputs, rules, adm.principal.subject, None)
+    ticket = await admit(request, gw, adm, body.model, route="/v1/embeddings", inputs=len(inputs),
+                         pii=counts_json(found))  # fmt: skip
     try:
         resolved, result, fallback_used = await gw.router.embed(
             body.model, inputs, lambda m: gw.security.allowed(adm.principal, m, "embed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -16,13 +17,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from backends.base import Generation, Usage
+from backends.base import Delta, Generation, Usage
 from gateway.api import render
 from gateway.api.body import read_json, validate
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.api.sse import DONE, EventStream, event
 from gateway.api.ticket import Ticket, admit
 from gateway.errors import GatewayError, InternalError, UnprocessableRequest
+from gateway.pii.guard import StreamFilter, chunks_with_timer, counts_json
+from gateway.pii.redact import Counts, Vault
 from gateway.routing import Answer
 from gateway.security import Admission
 from gateway.state import Gateway, json_response
@@ -65,7 +68,17 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
     route = gw.router.resolve(model, "llm").route
     if gen.max_tokens is None and adm.limits.max_tokens is not None:
         gen = replace(gen, max_tokens=min(adm.limits.max_tokens, route.default_max_tokens))
-    ticket = await admit(request, gw, adm, model, route=path, stream=gen.stream, max_tokens=gen.max_tokens)
+    subject = adm.principal.subject
+    rules = gw.security.policy.engine.pii(adm.principal, model)
+    vault = Vault() if rules.pseudonymize else None
+    if gen.task == "chat":
+        messages, found = await gw.pii.redact_messages(gen.messages, rules, subject, vault)
+        gen = replace(gen, messages=messages)
+    else:
+        (prompt,), found = await gw.pii.redact_texts([gen.prompt], rules, subject, vault)
+        gen = replace(gen, prompt=prompt)
+    ticket = await admit(request, gw, adm, model, route=path, stream=gen.stream, max_tokens=gen.max_tokens,
+                         pii=counts_json(found))  # fmt: skip
     try:
         answer = await gw.router.generate(model, gen, lambda m: gw.security.allowed(adm.principal, m, "infer"))
     except GatewayError as exc:
@@ -74,19 +87,24 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
     headers = gw.answer_headers(request, answer.resolved.route.name, answer.fallback_used)
     rid = render.new_id(shape)
     if gen.stream:
-        return EventStream(_events(shape, rid, answer, include_usage, adm, gw, ticket), headers)
-    text: list[str] = []
+        filt = gw.pii.stream(rules, subject, vault)
+        return EventStream(_events(shape, rid, answer, include_usage, adm, gw, ticket, filt), headers)
+    text = ""
     usage: Usage | None = None
+    found_out: Counts = Counter()
     outcome, status = "cancelled", 499  # unless the loop below finishes or fails
     try:
+        pieces: list[str] = []
         extra: dict[str, Any] = {}
         finish = None
         async for delta in _chain(answer):
-            text.append(delta.text)
+            pieces.append(delta.text)
             if delta.extra:
                 extra.update(delta.extra)
             finish = delta.finish_reason or finish
             usage = delta.usage or usage
+        text, shown, found_out = await gw.pii.answer("".join(pieces), extra or None, rules, subject, vault)
+        extra = shown or {}
         outcome, status = "ok", 200
     except GatewayError as exc:
         outcome, status = "error", exc.status
@@ -94,9 +112,10 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
     finally:
         await answer.aclose()
         ticket.close(outcome, status=status, model=answer.resolved.route.name, fallback_used=answer.fallback_used,
-                     usage=usage, response="".join(text).encode() if outcome == "ok" else None)  # fmt: skip
+                     usage=usage, response=text.encode() if outcome == "ok" else None,
+                     pii=counts_json(found_out))  # fmt: skip
     await gw.security.charge(adm, usage.total_tokens if usage else 0)
-    obj = render.response(shape, rid, answer.resolved.route.name, "".join(text), finish, usage, extra)
+    obj = render.response(shape, rid, answer.resolved.route.name, text, finish, usage, extra)
     return json_response(obj, headers=headers)
 
 
@@ -106,21 +125,35 @@ async def _chain(answer: Answer) -> AsyncIterator[Any]:
         yield delta
 
 
+IDLE_FLUSH_S = 0.25
+"""A streamed answer that pauses this long releases what its hold-back window already knows is safe."""
+
+
 async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: bool, adm: Admission, gw: Gateway,
-                  ticket: Ticket) -> AsyncIterator[bytes]:  # fmt: skip
+                  ticket: Ticket, filt: StreamFilter) -> AsyncIterator[bytes]:  # fmt: skip
     created = int(time.time())
     model = answer.resolved.route.name
     usage: Usage | None = None
     first = True
-    text: list[str] = []
+    sent: list[str] = []
     outcome, status = "cancelled", 499  # the client went away, unless the stream ends or fails
     try:
-        async for delta in _chain(answer):
-            usage = delta.usage or usage
-            text.append(delta.text)
-            if delta.text or delta.extra or delta.finish_reason or first:
-                yield event(render.chunk(shape, rid, created, model, delta, first=first))
+        async for delta in chunks_with_timer(_chain(answer), IDLE_FLUSH_S):
+            if delta is None:  # the upstream is quiet: release what is already safe
+                text, tools = await filt.finish(safe=True)
+                out = Delta(text=text, extra={"tool_calls": tools} if tools else None)
+            else:
+                usage = delta.usage or usage
+                out = await _filtered(delta, filt)
+            sent.append(out.text)
+            if out.text or out.extra or out.finish_reason or first:
+                yield event(render.chunk(shape, rid, created, model, out, first=first))
                 first = False
+        text, tools = await filt.finish()
+        if text or tools:  # the upstream ended without a finish reason
+            sent.append(text)
+            yield event(render.chunk(shape, rid, created, model, Delta(text=text, extra={"tool_calls": tools}
+                                                                       if tools else None)))  # fmt: skip
         if include_usage and usage is not None:
             yield event(render.chunk(shape, rid, created, model, None, usage_only=usage))
         outcome, status = "ok", 200
@@ -135,6 +168,21 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
     finally:
         await answer.aclose()
         ticket.close(outcome, status=status, model=model, fallback_used=answer.fallback_used, usage=usage,
-                     response="".join(text).encode() if outcome == "ok" else None)  # fmt: skip
+                     response="".join(sent).encode() if outcome == "ok" else None,
+                     pii=counts_json(filt.counts))  # fmt: skip
         await gw.security.charge(adm, usage.total_tokens if usage else 0)
     yield DONE
+
+
+async def _filtered(delta: Delta, filt: StreamFilter) -> Delta:
+    """``delta`` as the caller may see it: its text and tool-call arguments through the hold-back windows."""
+    text = await filt.content(delta.text)
+    extra = delta.extra
+    if extra and isinstance(extra.get("tool_calls"), list):
+        extra = {**extra, "tool_calls": await filt.tool_calls(extra["tool_calls"])}
+    if delta.finish_reason:
+        tail, tools = await filt.finish()
+        text += tail
+        if tools:
+            extra = {**(extra or {}), "tool_calls": [*(extra or {}).get("tool_calls", []), *tools]}
+    return Delta(text=text, finish_reason=delta.finish_reason, usage=delta.usage, extra=extra)

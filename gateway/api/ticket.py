@@ -30,7 +30,8 @@ class Ticket:
     closed: bool = False
 
     def close(self, outcome: str, *, status: int = 200, model: str | None = None, fallback_used: bool = False,
-              usage: Usage | None = None, response: bytes | None = None) -> None:  # fmt: skip
+              usage: Usage | None = None, response: bytes | None = None,
+              pii: dict[str, int] | None = None) -> None:  # fmt: skip
         """Record how the request ended: ``ok``, ``error`` or ``cancelled``. Only the first call counts."""
         if self.closed:
             return
@@ -47,6 +48,8 @@ class Ticket:
             data["completion_tokens"] = usage.completion_tokens
         if response is not None:
             data["response_digest"] = self.gw.audit.digest(response)
+        if pii:
+            data["pii"] = pii  # counts per kind and operator in the answer; never values
         self.gw.audit.record("request.completed", self.subject, data)
 
 

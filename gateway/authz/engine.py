@@ -29,6 +29,7 @@ from gateway.authz.compiled import CompiledPolicy, is_shipped_model
 from gateway.authz.files import Limits, PolicyFiles, RateLimit, RoleLimits
 from gateway.errors import PolicyError
 from gateway.identity.principal import Principal
+from gateway.pii.policy import PIIRules, resolve
 
 _ALLOW_FIRST = "some(where (p.eft == allow))"
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class PolicyEngine:
         self._decide = lru_cache(maxsize=65536)(self._decide_uncached)
         self._roles = lru_cache(maxsize=4096)(self._expand_uncached)
         self._limits = lru_cache(maxsize=4096)(self._limits_uncached)
+        self._pii = lru_cache(maxsize=4096)(self._pii_uncached)
         self._compiled: CompiledPolicy | None = None
         if is_shipped_model(files.model_text):
             compiled = CompiledPolicy(files.rules)
@@ -196,6 +198,13 @@ class PolicyEngine:
 
     def limits(self, principal: Principal) -> Effective:
         return self._limits(self.roles(principal))
+
+    def pii(self, principal: Principal, model: str) -> PIIRules:
+        """The PII rules (pii.yaml) for this caller and model."""
+        return self._pii(self.roles(principal), model)
+
+    def _pii_uncached(self, roles: frozenset[str], model: str) -> PIIRules:
+        return resolve(self.files.pii, frozenset(r.removeprefix("role:") for r in roles), model)
 
     def run_tests(self) -> list[str]:
         """The failures of the policy's own tests (tests.yaml), as readable lines."""

@@ -8,8 +8,8 @@ reason, anything that is not exactly one of:
     p, <subject>, <object>, <action>, allow|deny
     g, <member>, <role>
 
-The folder holds ``model.conf``, ``policy.csv`` and/or ``policy.d/*.csv``, ``limits.yaml`` and
-``tests.yaml``.
+The folder holds ``model.conf``, ``policy.csv`` and/or ``policy.d/*.csv``, ``limits.yaml``,
+``pii.yaml`` (``gateway.pii.policy``) and ``tests.yaml``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from casbin.model import Model
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import PolicyError
+from gateway.pii.policy import PIIPolicy
 
 ACTIONS = frozenset({"infer", "embed", "read", "admin", "report", "*"})
 REQUEST = ["sub", "roles", "obj", "act"]
@@ -78,6 +79,7 @@ class PolicyFiles:
     rules: list[list[str]]
     groupings: list[list[str]]
     limits: Limits
+    pii: PIIPolicy
     tests: tuple[PolicyTest, ...]
     digests: dict[str, str]
     """SHA-256 of each file, by path relative to the folder."""
@@ -189,5 +191,6 @@ def load(root: Path) -> PolicyFiles:
     if not any(r[3] == "allow" for r in rules):
         raise PolicyError(f"{root}: the policy allows nothing (empty or truncated files?)")
     limits = _yaml(root / "limits.yaml", _read(root / "limits.yaml", root, digests), Limits)
+    pii = _yaml(root / "pii.yaml", _read(root / "pii.yaml", root, digests), PIIPolicy)
     tests = _yaml(root / "tests.yaml", _read(root / "tests.yaml", root, digests), PolicyTests)
-    return PolicyFiles(model_text, rules, groupings, limits, tests.tests, digests)
+    return PolicyFiles(model_text, rules, groupings, limits, pii, tests.tests, digests)

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,17 @@ from gateway.errors import PolicyError
 log = logging.getLogger(__name__)
 
 
-def build(root: Path, version: int) -> PolicyEngine:
+Check = Callable[[files.PolicyFiles], None]
+"""A check of the gateway's own beyond the files themselves (e.g. pii.yaml against the engine profile);
+it raises PolicyError naming the file and the reason."""
+
+
+def build(root: Path, version: int, checks: Sequence[Check] = ()) -> PolicyEngine:
     """A tested engine for the folder ``root``; raises PolicyError naming the fault."""
-    engine = PolicyEngine(files.load(root), version)
+    loaded = files.load(root)
+    for check in checks:
+        check(loaded)
+    engine = PolicyEngine(loaded, version)
     failures = engine.run_tests()
     if failures:
         raise PolicyError(f"{root / 'tests.yaml'}: {len(failures)} policy test(s) failed: " + "; ".join(failures))
@@ -42,10 +50,11 @@ class Rejection:
 
 
 class PolicyStore:
-    def __init__(self, root: Path, audit: AuditSink) -> None:
+    def __init__(self, root: Path, audit: AuditSink, checks: Sequence[Check] = ()) -> None:
         self.root = root
         self._audit = audit
-        self.engine = build(root, 1)  # at start a bad policy is fatal: there is nothing to keep serving
+        self._checks = tuple(checks)
+        self.engine = build(root, 1, self._checks)  # at start a bad policy is fatal: nothing to keep serving
         self.loaded_at = time.time()
         self.last_rejection: Rejection | None = None
         self.listeners: list[Callable[[PolicyEngine], None]] = []
@@ -59,7 +68,7 @@ class PolicyStore:
     def reload(self, actor: str = "gateway") -> bool:
         """Try the folder's current files; True when they replaced the policy in force."""
         try:
-            engine = build(self.root, self.engine.version + 1)
+            engine = build(self.root, self.engine.version + 1, self._checks)
         except PolicyError as exc:
             digests = _digests(self.root)
             self.last_rejection = Rejection(time.time(), str(exc), digests)

@@ -143,8 +143,7 @@ async def test_bad_requests_get_openai_errors(
 
 async def test_oversized_body_is_413(triton, tmp_path) -> None:
     """A body over server.max_body_bytes is refused with 413, whether or not it declares its length."""
-    from gateway.app import create_app
-    from tests.conftest import in_process, make_settings, new_key
+    from tests.conftest import create_app, in_process, make_settings, new_key
 
     settings = make_settings(triton, tmp_path, server={"max_body_bytes": 1000, "port": 0})
     async with in_process(create_app(settings), new_key(settings)) as c:

@@ -11,12 +11,11 @@ from typing import Any
 import yaml
 from click.testing import CliRunner
 
-from gateway.app import create_app
 from gateway.cli import main
 from ledger.anchor import Anvil
 from ledger.store import StoreError, open_store
 from ledger.verify import verify_bundle
-from tests.conftest import POLICIES, TEST_MODELS, in_process, make_settings, new_key
+from tests.conftest import POLICIES, TEST_MODELS, create_app, in_process, make_settings, new_key
 from tests.ledger.conftest import deploy_on, make_anchor_key
 
 CHAT = "/v1/chat/completions"

@@ -1,0 +1,129 @@
+"""Apply the policy's operators to what the analyzer found, with Presidio's anonymizer.
+
+The anonymizer resolves overlapping findings (a URL inside an email address) and applies one
+operator per kind of data. Placeholders and hashes are made here:
+
+- ``replace``: ``<EMAIL_ADDRESS>``, or with pseudonyms ``<EMAIL_ADDRESS_1>``: the same value gets
+  the same number within a request (``Vault``), so the model can still tell two people apart;
+- ``hash``: ``<US_SSN:9f86d081884c7d65>``, an HMAC-SHA256 under the gateway's key, so the same
+  value always hashes alike but nobody without the key can test guesses against it;
+- ``mask``: stars but for the last four characters; ``redact``: removed;
+- ``block``: in a request, ``PIIBlocked`` naming the kind (never the value); in an answer, which
+  cannot be refused any more, it acts as ``replace``.
+
+The vault maps placeholders to values for one request, in memory only, and is never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections import Counter
+from collections.abc import Sequence
+from hashlib import sha256
+from typing import Literal
+
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # presidio imports tldextract: snapshot only
+
+from presidio_anonymizer import AnonymizerEngine
+from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
+
+from gateway.pii.engine import Finding
+from gateway.pii.policy import PIIRules
+
+Direction = Literal["request", "response"]
+Counts = Counter[tuple[str, str]]
+"""How many findings of each kind got each operator: what the ledger records (never values)."""
+
+
+class PIIBlocked(Exception):
+    """The request holds a kind of data the policy blocks."""
+
+    def __init__(self, entity: str) -> None:
+        super().__init__(entity)
+        self.entity = entity
+
+
+class Vault:
+    """Numbered placeholders for one request: the same value, the same placeholder."""
+
+    def __init__(self) -> None:
+        self._by_value: dict[tuple[str, str], str] = {}
+        self.values: dict[str, str] = {}
+        """Placeholder to original value, for restoring answers."""
+        self._next: Counter[str] = Counter()
+
+    def placeholder(self, entity: str, value: str) -> str:
+        key = (entity, value)
+        found = self._by_value.get(key)
+        if found is None:
+            self._next[entity] += 1
+            found = self._by_value[key] = f"<{entity}_{self._next[entity]}>"
+            self.values[found] = value
+        return found
+
+    def __repr__(self) -> str:
+        return f"Vault({len(self.values)} placeholders)"  # never the values
+
+
+class Redactor:
+    """Operators over findings; one per gateway, stateless but for its HMAC key."""
+
+    def __init__(self, hash_key: bytes) -> None:
+        self._key = hash_key
+        self._engine = AnonymizerEngine()  # type: ignore[no-untyped-call]
+
+    def digest(self, value: str) -> str:
+        return hmac.new(self._key, value.encode(), sha256).hexdigest()[:16]
+
+    def apply(self, text: str, findings: Sequence[Finding], rules: PIIRules, direction: Direction,
+              vault: Vault | None = None) -> tuple[str, Counts]:  # fmt: skip
+        """``text`` with every finding replaced as the rules say, and the counts per kind and operator."""
+        if not findings:
+            return text, Counter()
+        if direction == "request":
+            for f in findings:
+                if rules.operator(f.entity) == "block":
+                    raise PIIBlocked(f.entity)
+        if vault is not None and rules.pseudonymize:
+            # Number placeholders in reading order: the anonymizer applies operators from the end.
+            for f in sorted(findings, key=lambda f: (f.start, -f.end)):
+                if self._name(f.entity, rules) == "replace":
+                    vault.placeholder(f.entity, text[f.start : f.end])
+        operators = {f.entity: self._config(f.entity, rules, vault) for f in findings}
+        results = [RecognizerResult(f.entity, f.start, f.end, f.score) for f in findings]
+        out = self._engine.anonymize(text=text, analyzer_results=results, operators=operators)
+        counts: Counts = Counter((item.entity_type, self._name(item.entity_type, rules)) for item in out.items)
+        return out.text, counts
+
+    @staticmethod
+    def _name(entity: str, rules: PIIRules) -> str:
+        op = rules.operator(entity)
+        return "replace" if op == "block" else op
+
+    def _config(self, entity: str, rules: PIIRules, vault: Vault | None) -> OperatorConfig:
+        op = self._name(entity, rules)
+        if op == "replace":
+            if vault is not None and rules.pseudonymize:
+                return OperatorConfig("custom", {"lambda": lambda value, e=entity: vault.placeholder(e, value)})
+            return OperatorConfig("replace", {"new_value": f"<{entity}>"})
+        if op == "hash":
+            return OperatorConfig("custom", {"lambda": lambda value, e=entity: f"<{e}:{self.digest(value)}>"})
+        if op == "mask":
+            return OperatorConfig("custom", {"lambda": _mask})
+        if op == "redact":
+            return OperatorConfig("redact", {})
+        raise ValueError(f"no operator {op!r} for {entity}")  # 'allow' never reaches here: not looked for
+
+
+def _mask(value: str) -> str:
+    """Stars for every character but spaces and the last four others: ``**** **** **** 1111``."""
+    keep = 4 if sum(not c.isspace() for c in value) > 4 else 0
+    out: list[str] = []
+    for ch in reversed(value):
+        if ch.isspace() or keep:
+            keep -= 0 if ch.isspace() else 1
+            out.append(ch)
+        else:
+            out.append("*")
+    return "".join(reversed(out))
