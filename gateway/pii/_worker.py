@@ -48,6 +48,9 @@ def main(argv: list[str]) -> int:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     inp = sys.stdin.buffer
+    # Analysis is bulk CPU work: when cores are short, the gateway's event loop (which waits on
+    # this worker) must win the CPU, or every request on it stalls for a scheduler time slice.
+    os.nice(10)
 
     from gateway.pii.engine import analyze_texts, build_analyzer, offline_environment
 
