@@ -265,7 +265,7 @@ async def test_overrides_by_role_and_model(tmp_path: Path, upstream: Upstream) -
 @pytest.mark.parametrize("edit, reason", [
     (lambda t: t.replace("EMAIL_ADDRESS: replace", "EMAIL: replace"), "unknown entity 'EMAIL'"),
     (lambda t: t.replace("PHONE_NUMBER: replace", "PHONE_NUMBER: scramble"), "entities.PHONE_NUMBER"),
-    (lambda t: t.replace("threshold: 0.5", "threshold: 5"), "threshold"),
+    (lambda t: t.replace("threshold: 0.4", "threshold: 5"), "threshold"),
     (lambda t: t + "surprise: 1\n", "surprise"),
 ])  # fmt: skip
 def test_bad_pii_policy_is_refused(tmp_path: Path, edit: Any, reason: str) -> None:
