@@ -45,13 +45,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the ledger writes and every route can be served, by its own model or by its fallback.
+    """Ready when the ledger writes, the PII analyzer answers, and every route can be served (by its own
+    model or by its fallback).
 
     Anchoring lag is reported, not required: checkpoints queue while the chain is down.
     """
     gw: Gateway = request.app.state.gateway
     ready, servable = await gw.router.servable()
     ledger = gw.audit.status()
-    ok = all(servable.values()) and ledger["ok"]
-    body = {"status": "ready" if ok else "not ready", "models": ready, "ledger": ledger}
+    pii = gw.pii.analyzer.ready
+    ok = all(servable.values()) and ledger["ok"] and pii
+    body = {"status": "ready" if ok else "not ready", "models": ready, "ledger": ledger, "pii": {"ready": pii}}
     return json_response(body, status=200 if ok else 503)

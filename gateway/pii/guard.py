@@ -28,6 +28,11 @@ from gateway.pii.stream import PlaceholderRestorer, StreamRedactor, restore
 
 
 class Analyzer(Protocol):
+    @property
+    def ready(self) -> bool:
+        """Whether it can answer now (its workers are up)."""
+        ...
+
     async def analyze(self, texts: Sequence[str], *, entities: Sequence[str], threshold: float,
                       allow: Sequence[str] = (), timeout_s: float) -> list[list[Finding]]:  # fmt: skip
         """Findings for each text; raises PIIUnavailable when it cannot answer in time."""

@@ -288,3 +288,20 @@ async def test_names_need_the_full_profile(tmp_path: Path, upstream: Upstream) -
     with pytest.raises(ConfigError, match=r"PERSON.*'full' engine profile"):
         async with in_process(app):
             pass
+
+
+async def test_readyz_reports_the_analyzer(tmp_path: Path, upstream: Upstream) -> None:
+    """/readyz says whether the PII analyzer answers; a closed analyzer makes the gateway not ready."""
+    from gateway.pii.pool import AnalyzerPool
+
+    s = settings_for(tmp_path, upstream)
+    pool = AnalyzerPool("full", workers=1)
+    await pool.start()
+    async with in_process(create_app(s, analyzer=pool)) as c:
+        assert (await c.get("/readyz")).json()["pii"] == {"ready": True}
+        await pool.aclose()
+        r = await c.get("/readyz")
+        assert r.status_code == 503 and r.json()["pii"] == {"ready": False}
+        refused = await c.post("/v1/chat/completions", json=chat("hello"), headers={
+            "authorization": f"Bearer {new_key(s, 'user')}"})  # fmt: skip
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "pii_unavailable"
