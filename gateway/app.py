@@ -38,6 +38,7 @@ from gateway.pii.guard import Analyzer, PIIGuard
 from gateway.pii.policy import check_profile
 from gateway.pii.pool import AnalyzerPool
 from gateway.pii.redact import Redactor
+from gateway.pii.vaults import VaultStore
 from gateway.routing import Router
 from gateway.security import Security, guard
 from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
@@ -169,6 +170,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from None
         redactor = Redactor(load_or_create_key(settings.state_dir / "pii" / "hash.key"))
+        vaults = VaultStore(settings.state_dir / "pii" / "vaults.sqlite3",
+                            load_or_create_key(settings.state_dir / "pii" / "vault.key"))  # fmt: skip
         audit.record("routes.loaded", "gateway", _routes_entry(settings))
         backends = backend_factory(settings)
         keys = APIKeyStore(settings.api_keys_db)
@@ -187,7 +190,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         try:
             jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
             security = Security(Authenticator(keys, jwt, audit), policy, audit, limiter)
-            guard = PIIGuard(pii, redactor, audit)
+            guard = PIIGuard(pii, redactor, audit, vaults)
             app.state.gateway = Gateway(settings, Router(settings, backends), security, audit, guard)
             yield
         finally:
@@ -204,6 +207,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             if jwks_http is not None:
                 await jwks_http.close()
             keys.close()
+            vaults.close()
             for backend in backends.values():
                 await backend.aclose()
 

@@ -25,7 +25,7 @@ from gateway.api.sse import DONE, EventStream, event
 from gateway.api.ticket import Ticket, admit
 from gateway.errors import GatewayError, InternalError, UnprocessableRequest
 from gateway.pii.guard import StreamFilter, chunks_with_timer, counts_json
-from gateway.pii.redact import Counts, Vault
+from gateway.pii.redact import Counts
 from gateway.routing import Answer
 from gateway.security import Admission
 from gateway.state import Gateway, json_response
@@ -70,13 +70,15 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
         gen = replace(gen, max_tokens=min(adm.limits.max_tokens, route.default_max_tokens))
     subject = adm.principal.subject
     rules = gw.security.policy.engine.pii(adm.principal, model)
-    vault = Vault() if rules.pseudonymize else None
+    conversation = request.headers.get("x-conversation-id")
+    vault = await gw.pii.vault(rules, subject, conversation)
     if gen.task == "chat":
         messages, found = await gw.pii.redact_messages(gen.messages, rules, subject, vault)
         gen = replace(gen, messages=messages)
     else:
         (prompt,), found = await gw.pii.redact_texts([gen.prompt], rules, subject, vault)
         gen = replace(gen, prompt=prompt)
+    await gw.pii.keep(vault, rules, subject, conversation)
     ticket = await admit(request, gw, adm, model, route=path, stream=gen.stream, max_tokens=gen.max_tokens,
                          pii=counts_json(found))  # fmt: skip
     try:
@@ -87,7 +89,7 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
     headers = gw.answer_headers(request, answer.resolved.route.name, answer.fallback_used)
     rid = render.new_id(shape)
     if gen.stream:
-        filt = gw.pii.stream(rules, subject, vault)
+        filt = gw.pii.stream(rules, subject, vault, conversation)
         return EventStream(_events(shape, rid, answer, include_usage, adm, gw, ticket, filt), headers)
     text = ""
     usage: Usage | None = None
@@ -105,6 +107,7 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
             usage = delta.usage or usage
         text, shown, found_out = await gw.pii.answer("".join(pieces), extra or None, rules, subject, vault)
         extra = shown or {}
+        await gw.pii.keep(vault, rules, subject, conversation)
         outcome, status = "ok", 200
     except GatewayError as exc:
         outcome, status = "error", exc.status
@@ -171,6 +174,7 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
                      response="".join(sent).encode() if outcome == "ok" else None,
                      pii=counts_json(filt.counts))  # fmt: skip
         await gw.security.charge(adm, usage.total_tokens if usage else 0)
+        await filt.keep()
     yield DONE
 
 

@@ -14,17 +14,19 @@ and that too is an audit entry. Counts per kind and operator go to the ledger; v
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from gateway.audit import AuditSink
-from gateway.errors import PermissionDenied, RedactionUnavailable
+from gateway.errors import InvalidRequest, PermissionDenied, RedactionUnavailable
 from gateway.pii import fields
 from gateway.pii.engine import Finding, PIIUnavailable
 from gateway.pii.policy import PIIRules
 from gateway.pii.redact import Counts, PIIBlocked, Redactor, Vault
 from gateway.pii.stream import PlaceholderRestorer, StreamRedactor, restore
+from gateway.pii.vaults import VaultError, VaultStore
 
 
 class Analyzer(Protocol):
@@ -44,11 +46,40 @@ def counts_json(counts: Counts) -> dict[str, int]:
     return {f"{entity}:{op}": n for (entity, op), n in sorted(counts.items())}
 
 
+_CONVERSATION = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
 class PIIGuard:
-    def __init__(self, analyzer: Analyzer, redactor: Redactor, audit: AuditSink) -> None:
+    def __init__(self, analyzer: Analyzer, redactor: Redactor, audit: AuditSink,
+                 vaults: VaultStore | None = None) -> None:  # fmt: skip
         self.analyzer = analyzer
         self.redactor = redactor
         self.audit = audit
+        self.vaults = vaults
+
+    async def vault(self, rules: PIIRules, subject: str, conversation: str | None) -> Vault | None:
+        """The pseudonym vault for this request: none, a fresh one, or the conversation's (decrypted)."""
+        if not rules.pseudonymize:
+            return None
+        if rules.conversation_ttl_s is None or conversation is None or self.vaults is None:
+            return Vault()
+        if not _CONVERSATION.match(conversation):
+            raise InvalidRequest("X-Conversation-Id must be 1-128 characters of letters, digits and . _ : -",
+                                 param="X-Conversation-Id")  # fmt: skip
+        store = self.vaults
+        try:
+            return await asyncio.to_thread(store.load, store.key_for(subject, conversation))
+        except VaultError as exc:
+            await self.audit.commit("pii.vault_unreadable", subject, {"reason": str(exc)})
+            raise RedactionUnavailable("the conversation's pseudonyms cannot be read, so the request was refused; "
+                                       "start a new conversation") from None  # fmt: skip
+
+    async def keep(self, vault: Vault | None, rules: PIIRules, subject: str, conversation: str | None) -> None:
+        """Store the conversation's vault again (encrypted), when pseudonyms are kept per conversation."""
+        if vault is None or rules.conversation_ttl_s is None or conversation is None or self.vaults is None:
+            return
+        store, ttl = self.vaults, rules.conversation_ttl_s
+        await asyncio.to_thread(store.save, store.key_for(subject, conversation), vault, ttl)
 
     async def _analyze(self, texts: Sequence[str], rules: PIIRules, subject: str) -> list[list[Finding]]:
         if not rules.entities or not any(texts):
@@ -113,16 +144,20 @@ class PIIGuard:
         new_text = message.pop("content")
         return new_text, (message or None) if extra is not None else None, counts
 
-    def stream(self, rules: PIIRules, subject: str, vault: Vault | None) -> StreamFilter:
+    def stream(
+        self, rules: PIIRules, subject: str, vault: Vault | None, conversation: str | None = None
+    ) -> StreamFilter:
         """A filter for one streamed answer."""
-        return StreamFilter(self, rules, subject, vault)
+        return StreamFilter(self, rules, subject, vault, conversation)
 
 
 class StreamFilter:
     """One streamed answer: its content and each tool call's arguments, through hold-back windows."""
 
-    def __init__(self, guard: PIIGuard, rules: PIIRules, subject: str, vault: Vault | None) -> None:
+    def __init__(self, guard: PIIGuard, rules: PIIRules, subject: str, vault: Vault | None,
+                 conversation: str | None = None) -> None:  # fmt: skip
         self.guard, self.rules, self.subject, self.vault = guard, rules, subject, vault
+        self.conversation = conversation
         self.counts: Counts = Counter()
         self._content = self._new()
         self._tools: dict[int, Any] = {}
@@ -132,6 +167,10 @@ class StreamFilter:
             return PlaceholderRestorer(self.vault.values if self.vault else {})
         return StreamRedactor(self._analyze_one, self._apply, hold=self.rules.hold, min_release=self.rules.hold,
                               left_context=64)  # fmt: skip
+
+    async def keep(self) -> None:
+        """Store the conversation's vault after the answer (its pseudonyms may have grown)."""
+        await self.guard.keep(self.vault, self.rules, self.subject, self.conversation)
 
     async def _analyze_one(self, text: str) -> list[Finding]:
         return (await self.guard._analyze([text], self.rules, self.subject))[0]

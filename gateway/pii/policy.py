@@ -73,6 +73,10 @@ class PIIPolicy(_Strict):
     request; roles that may see unredacted answers get the real values back in the answer."""
     see_unredacted: tuple[str, ...] = ()
     """Roles whose answers are not redacted (and get pseudonyms restored)."""
+    pseudonym_scope: Literal["request", "conversation"] = "request"
+    """``conversation``: requests that carry the same ``X-Conversation-Id`` share placeholders; the mapping is
+    kept encrypted (AES-GCM) for ``conversation_ttl_s``. ``request``: it lives in memory for one request."""
+    conversation_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400)
     on_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     """When the analyzer fails or times out: refuse (503), or pass the text unredacted (audited)."""
     timeout_ms: int = Field(3000, ge=10, le=120_000)
@@ -97,6 +101,8 @@ class PIIRules:
     on_error: Literal["fail_closed", "fail_open"]
     timeout_s: float
     hold: int
+    conversation_ttl_s: int | None = None
+    """Set when pseudonyms are kept per conversation (``pseudonym_scope: conversation``)."""
 
     @property
     def entities(self) -> tuple[str, ...]:
@@ -124,8 +130,9 @@ def resolve(policy: PIIPolicy, roles: frozenset[str], model: str) -> PIIRules:
         pseudonymize = o.pseudonymize if o.pseudonymize is not None else pseudonymize
         see = o.see_unredacted if o.see_unredacted is not None else see
     operators = tuple(sorted((e, op) for e, op in entities.items() if op != "allow"))
+    ttl = policy.conversation_ttl_s if pseudonymize and policy.pseudonym_scope == "conversation" else None
     return PIIRules(threshold, operators, tuple(dict.fromkeys(allow)), pseudonymize, see, policy.on_error,
-                    policy.timeout_ms / 1000, policy.stream_hold_chars)  # fmt: skip
+                    policy.timeout_ms / 1000, policy.stream_hold_chars, ttl)  # fmt: skip
 
 
 def check_profile(policy: PIIPolicy, profile: str) -> None:

@@ -65,6 +65,19 @@ class Vault:
     def __repr__(self) -> str:
         return f"Vault({len(self.values)} placeholders)"  # never the values
 
+    def to_json(self) -> list[list[str]]:
+        """``[[entity, value, placeholder], ...]`` in the order they were made (for the encrypted store)."""
+        return [[entity, value, placeholder] for (entity, value), placeholder in self._by_value.items()]
+
+    @classmethod
+    def from_json(cls, rows: list[list[str]]) -> Vault:
+        vault = cls()
+        for entity, value, placeholder in rows:
+            vault._by_value[(entity, value)] = placeholder
+            vault.values[placeholder] = value
+            vault._next[entity] = max(vault._next[entity], int(placeholder.rsplit("_", 1)[1].rstrip(">")))
+        return vault
+
 
 class Redactor:
     """Operators over findings; one per gateway, stateless but for its HMAC key."""

@@ -305,3 +305,43 @@ async def test_readyz_reports_the_analyzer(tmp_path: Path, upstream: Upstream) -
         refused = await c.post("/v1/chat/completions", json=chat("hello"), headers={
             "authorization": f"Bearer {new_key(s, 'user')}"})  # fmt: skip
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "pii_unavailable"
+
+
+async def test_pseudonyms_per_conversation_are_kept_encrypted(tmp_path: Path, upstream: Upstream) -> None:
+    """With pseudonym_scope: conversation, requests with one X-Conversation-Id share placeholders; the store
+    holds them only encrypted; another caller's same id, or a bad id, gets nothing of it."""
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    pii = (
+        (folder / "pii.yaml")
+        .read_text()
+        .replace("pseudonymize: true", "pseudonymize: true\npseudonym_scope: conversation")
+    )
+    (folder / "pii.yaml").write_text(pii)
+    s = settings_for(tmp_path, upstream, policies=folder)
+    conv = {"x-conversation-id": "conv-42"}
+    key = new_key(s, "user")
+    async with in_process(create_app(s), key) as c:
+        await c.post("/v1/chat/completions", json=chat(f"Mail {EMAIL} and boss.man@corp-mail.com"), headers=conv)
+        await c.post("/v1/chat/completions", json=chat("Now write to boss.man@corp-mail.com"), headers=conv)
+        await c.post("/v1/chat/completions", json=chat("Now write to boss.man@corp-mail.com"))
+        bad = await c.post("/v1/chat/completions", json=chat("hi"), headers={"x-conversation-id": "a b"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Conversation-Id"
+    sent = [b["messages"][0]["content"] for b in upstream.bodies]
+    assert sent[1] == "Now write to <EMAIL_ADDRESS_2>"  # the conversation remembered it as the second address
+    assert sent[2] == "Now write to <EMAIL_ADDRESS_1>"  # without the header: a fresh vault
+    raw = (tmp_path / "pii" / "vaults.sqlite3").read_bytes()
+    assert b"boss.man" not in raw and EMAIL.encode() not in raw and b"conv-42" not in raw
+    async with in_process(create_app(s), new_key(s, "user")) as c:  # another key: another caller
+        await c.post("/v1/chat/completions", json=chat("Now write to boss.man@corp-mail.com"), headers=conv)
+    assert upstream.bodies[-1]["messages"][0]["content"] == "Now write to <EMAIL_ADDRESS_1>"
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "pii" / "vaults.sqlite3")
+    db.execute("UPDATE vaults SET blob = substr(blob, 1, length(blob) - 1) || x'00'")  # an edited store
+    db.commit()
+    db.close()
+    async with in_process(create_app(s), key) as c:
+        r = await c.post("/v1/chat/completions", json=chat("hi"), headers=conv)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "pii_unavailable"
+    assert any(e["kind"] == "pii.vault_unreadable" for e in entries(s))
