@@ -237,7 +237,8 @@ class PIISettings(_Frozen):
     """``full``: spaCy NER and patterns (names, places; ~10 ms CPU per 200 bytes). ``patterns``: pattern and
     checksum recognizers only (no names; ~1.5 ms per 200 bytes)."""
     workers: int | None = Field(None, ge=1, le=64)
-    """Analyzer processes (default: one per core); each holds its own model (~180 MB for full)."""
+    """Analyzer processes (default: one per core but one, which is left to the event loop); each holds its own
+    model (~180 MB for full)."""
     cache_size: int = Field(10_000, ge=0)
     """Findings of recently seen texts, keyed by an HMAC of the text (chat turns resend earlier messages)."""
 

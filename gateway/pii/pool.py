@@ -124,7 +124,9 @@ class AnalyzerPool:
         if profile not in get_args(Profile):
             raise ValueError(f"unknown PII profile {profile!r}")
         self.profile = profile
-        self.size = workers or os.cpu_count() or 1
+        # By default one core is left to the gateway's event loop: with a worker on every core the
+        # scheduler can keep the loop waiting for several ms under load (benches/RESULTS.md, PII).
+        self.size = workers or max(1, (os.cpu_count() or 2) - 1)
         self._fault = fault  # test hook only: see gateway.pii._worker
         self._cache: OrderedDict[bytes, tuple[Finding, ...]] = OrderedDict()
         self._cache_size = cache_size

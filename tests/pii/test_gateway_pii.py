@@ -312,11 +312,7 @@ async def test_pseudonyms_per_conversation_are_kept_encrypted(tmp_path: Path, up
     holds them only encrypted; another caller's same id, or a bad id, gets nothing of it."""
     folder = tmp_path / "policies"
     shutil.copytree(POLICIES, folder)
-    pii = (
-        (folder / "pii.yaml")
-        .read_text()
-        .replace("pseudonymize: true", "pseudonymize: true\npseudonym_scope: conversation")
-    )
+    pii = (folder / "pii.yaml").read_text().replace("pseudonym_scope: request", "pseudonym_scope: conversation")
     (folder / "pii.yaml").write_text(pii)
     s = settings_for(tmp_path, upstream, policies=folder)
     conv = {"x-conversation-id": "conv-42"}
