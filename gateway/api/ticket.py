@@ -56,7 +56,7 @@ class Ticket:
 async def admit(request: Request, gw: Gateway, adm: Admission, model: str, **details: Any) -> Ticket:
     """Write the durable ``request.admitted`` entry; only then may the request go to a backend."""
     rid = request_id(request.scope)
-    data = {"request_id": rid, "model": model, **details,
+    data = {"request_id": rid, "model": model, "roles": sorted(adm.principal.roles), **details,
             "request_digest": gw.audit.digest(request.scope.get(RAW_BODY, b""))}  # fmt: skip
     seq = await gw.audit.commit("request.admitted", adm.principal.subject, data)
     return Ticket(gw, adm.principal.subject, rid, seq)
