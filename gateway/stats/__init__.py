@@ -1,0 +1,1 @@
+"""Differentially private statistics: OpenDP mechanisms (``mechanisms``) and the privacy budget (``budget``)."""
