@@ -219,8 +219,20 @@ def partition_threshold(
         raise ValueError(f"delta must be in (0, 1), not {delta!r}")
     d_in = (max_keys_per_unit, max_keys_per_unit * max_per_unit, max_per_unit)
     _, scale = _calibrate(lambda s: _threshold(s, max_per_unit), d_in, epsilon, d_in[1] / epsilon, approx=True)
-    passes = mod.binary_search_param(lambda t: _threshold(scale, int(t)), d_in=d_in, d_out=(epsilon, delta), T=int)
-    return scale, int(passes)
+
+    def enough(t: int) -> bool:
+        return bool(_threshold(scale, t).map(d_in)[1] <= delta)
+
+    # Start at the closed form and step to the smallest passing integer (a few privacy maps, not a search).
+    t = max(max_per_unit, math.ceil(max_per_unit + scale * math.log(max_keys_per_unit / (2 * delta))))
+    for _ in range(10_000):
+        if not enough(t):
+            t += 1
+        elif t > max_per_unit and enough(t - 1):
+            t -= 1
+        else:
+            return scale, t
+    raise RuntimeError(f"no partition threshold near {t} gives delta {delta}")  # pragma: no cover
 
 
 def _threshold(scale: float, threshold: int) -> Measurement:

@@ -1,0 +1,1 @@
+"""Tests of the differential-privacy mechanisms and the privacy budget."""
