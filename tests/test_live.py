@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import pytest
 
 from backends.triton import TritonBackend
+from ledger.store import open_store
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.triton
@@ -67,6 +69,17 @@ async def test_client_disconnect_cancels_upstream(live) -> None:
     # leaving the block closes the connection
     await wait_for(lambda: backend.streams_open == 0, 2, "the upstream stream to close")
     assert backend.streams_cancelled == cancelled_before + 1
+
+    def completed() -> list[dict]:
+        store = open_store(server.settings.ledger_store())
+        try:
+            entries = [json.loads(body) for _, _, body in store.read(server.settings.ledger.origin)]
+        finally:
+            store.close()
+        return [e["data"] for e in entries if e["kind"] == "request.completed"]
+
+    await wait_for(lambda: bool(completed()), 5, "the request.completed entry of the cancelled stream")
+    assert completed()[-1]["outcome"] == "cancelled" and completed()[-1]["status"] == 499
 
 
 async def test_fallback_when_primary_fails(live) -> None:

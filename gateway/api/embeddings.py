@@ -24,13 +24,17 @@ async def embeddings(request: Request) -> Response:
     if any(not text for text in inputs):
         raise UnprocessableRequest("input must not contain empty strings", param="input")
     adm = await gw.security.admit(request, body.model, "embed")
-    rules = gw.security.policy.engine.pii(adm.principal, body.model)
+    engine = gw.security.policy.engine
+    rules = engine.pii(adm.principal, body.model)
     inputs, found = await gw.pii.redact_texts(inputs, rules, adm.principal.subject, None)
     ticket = await admit(request, gw, adm, body.model, route="/v1/embeddings", inputs=len(inputs),
                          pii=counts_json(found))  # fmt: skip
     try:
         resolved, result, fallback_used = await gw.router.embed(
-            body.model, inputs, lambda m: gw.security.allowed(adm.principal, m, "embed")
+            body.model,
+            inputs,
+            # a fallback only with the same PII rules: the inputs were redacted by the requested model's
+            lambda m: gw.security.allowed(adm.principal, m, "embed") and engine.pii(adm.principal, m) == rules,
         )
     except GatewayError as exc:
         ticket.close("error", status=exc.status)

@@ -69,27 +69,24 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
     if gen.max_tokens is None and adm.limits.max_tokens is not None:
         gen = replace(gen, max_tokens=min(adm.limits.max_tokens, route.default_max_tokens))
     subject = adm.principal.subject
-    rules = gw.security.policy.engine.pii(adm.principal, model)
+    engine = gw.security.policy.engine
+    rules = engine.pii(adm.principal, model)
     conversation = request.headers.get("x-conversation-id")
-    vault = await gw.pii.vault(rules, subject, conversation)
-    if gen.task == "chat":
-        messages, found = await gw.pii.redact_messages(gen.messages, rules, subject, vault)
-        gen = replace(gen, messages=messages)
-    else:
-        (prompt,), found = await gw.pii.redact_texts([gen.prompt], rules, subject, vault)
-        gen = replace(gen, prompt=prompt)
-    await gw.pii.keep(vault, rules, subject, conversation)
+    gen, found, vault = await gw.pii.redact_request(gen, rules, subject, conversation)
     ticket = await admit(request, gw, adm, model, route=path, stream=gen.stream, max_tokens=gen.max_tokens,
                          pii=counts_json(found))  # fmt: skip
     try:
-        answer = await gw.router.generate(model, gen, lambda m: gw.security.allowed(adm.principal, m, "infer"))
+        # A fallback serves only if the caller may use it and its PII rules are the same: the request was
+        # redacted, and the answer will be, by the requested model's rules.
+        answer = await gw.router.generate(model, gen, lambda m: gw.security.allowed(adm.principal, m, "infer")
+                                          and engine.pii(adm.principal, m) == rules)  # fmt: skip
     except GatewayError as exc:
         ticket.close("error", status=exc.status)
         raise
     headers = gw.answer_headers(request, answer.resolved.route.name, answer.fallback_used)
     rid = render.new_id(shape)
     if gen.stream:
-        filt = gw.pii.stream(rules, subject, vault, conversation)
+        filt = gw.pii.stream(rules, subject, vault)
         return EventStream(_events(shape, rid, answer, include_usage, adm, gw, ticket, filt), headers)
     text = ""
     usage: Usage | None = None
@@ -107,7 +104,6 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
             usage = delta.usage or usage
         text, shown, found_out = await gw.pii.answer("".join(pieces), extra or None, rules, subject, vault)
         extra = shown or {}
-        await gw.pii.keep(vault, rules, subject, conversation)
         outcome, status = "ok", 200
     except GatewayError as exc:
         outcome, status = "error", exc.status
@@ -140,11 +136,12 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
     first = True
     sent: list[str] = []
     outcome, status = "cancelled", 499  # the client went away, unless the stream ends or fails
+    timed = chunks_with_timer(_chain(answer), IDLE_FLUSH_S)
     try:
-        async for delta in chunks_with_timer(_chain(answer), IDLE_FLUSH_S):
+        async for delta in timed:
             if delta is None:  # the upstream is quiet: release what is already safe
-                text, tools = await filt.finish(safe=True)
-                out = Delta(text=text, extra={"tool_calls": tools} if tools else None)
+                text, extra = await filt.finish(safe=True)
+                out = Delta(text=text, extra=extra)
             else:
                 usage = delta.usage or usage
                 out = await _filtered(delta, filt)
@@ -152,11 +149,10 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
             if out.text or out.extra or out.finish_reason or first:
                 yield event(render.chunk(shape, rid, created, model, out, first=first))
                 first = False
-        text, tools = await filt.finish()
-        if text or tools:  # the upstream ended without a finish reason
+        text, extra = await filt.finish()
+        if text or extra:  # the upstream ended without a finish reason
             sent.append(text)
-            yield event(render.chunk(shape, rid, created, model, Delta(text=text, extra={"tool_calls": tools}
-                                                                       if tools else None)))  # fmt: skip
+            yield event(render.chunk(shape, rid, created, model, Delta(text=text, extra=extra)))
         if include_usage and usage is not None:
             yield event(render.chunk(shape, rid, created, model, None, usage_only=usage))
         outcome, status = "ok", 200
@@ -169,24 +165,38 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
         log.exception("stream %s failed after its first byte", rid)
         yield event(InternalError(f"internal error in stream {rid}").body())
     finally:
-        await answer.aclose()
+        # The ledger entry first: nothing after it may keep the request from being recorded.
         ticket.close(outcome, status=status, model=model, fallback_used=answer.fallback_used, usage=usage,
                      response="".join(sent).encode() if outcome == "ok" else None,
                      pii=counts_json(filt.counts))  # fmt: skip
+        await timed.aclose()  # stops the pending read of the upstream, so that it can be closed
+        await answer.aclose()
         await gw.security.charge(adm, usage.total_tokens if usage else 0)
-        await filt.keep()
     yield DONE
 
 
 async def _filtered(delta: Delta, filt: StreamFilter) -> Delta:
-    """``delta`` as the caller may see it: its text and tool-call arguments through the hold-back windows."""
-    text = await filt.content(delta.text)
-    extra = delta.extra
-    if extra and isinstance(extra.get("tool_calls"), list):
-        extra = {**extra, "tool_calls": await filt.tool_calls(extra["tool_calls"])}
+    """``delta`` as the caller may see it: every text field through its hold-back window."""
+    text, extra = await filt.delta(delta.text, delta.extra)
     if delta.finish_reason:
-        tail, tools = await filt.finish()
+        tail, rest = await filt.finish()
         text += tail
-        if tools:
-            extra = {**(extra or {}), "tool_calls": [*(extra or {}).get("tool_calls", []), *tools]}
+        if rest:
+            extra = _merge(extra or {}, rest)
     return Delta(text=text, finish_reason=delta.finish_reason, usage=delta.usage, extra=extra)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two partial deltas as one: strings concatenate, tool-call lists append, objects merge."""
+    out = dict(a)
+    for key, value in b.items():
+        old = out.get(key)
+        if isinstance(old, str) and isinstance(value, str):  # noqa: SIM114 - one branch per type, for mypy
+            out[key] = old + value
+        elif isinstance(old, list) and isinstance(value, list):
+            out[key] = old + value
+        elif isinstance(old, dict) and isinstance(value, dict):
+            out[key] = _merge(old, value)
+        else:
+            out[key] = value
+    return out

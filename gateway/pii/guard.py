@@ -14,11 +14,14 @@ and that too is an audit entry. Counts per kind and operator go to the ledger; v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
+from backends.base import Generation
 from gateway.audit import AuditSink
 from gateway.errors import InvalidRequest, PermissionDenied, RedactionUnavailable
 from gateway.pii import fields
@@ -56,32 +59,48 @@ class PIIGuard:
         self.redactor = redactor
         self.audit = audit
         self.vaults = vaults
+        self._locks: dict[bytes, asyncio.Lock] = {}
+        self._waiting: dict[bytes, int] = {}
 
-    async def vault(self, rules: PIIRules, subject: str, conversation: str | None) -> Vault | None:
-        """The pseudonym vault for this request: none, a fresh one, or the conversation's (decrypted)."""
-        if not rules.pseudonymize:
-            return None
-        if rules.conversation_ttl_s is None or conversation is None or self.vaults is None:
-            return Vault()
+    async def redact_request(self, gen: Generation, rules: PIIRules, subject: str,
+                             conversation: str | None) -> tuple[Generation, Counts, Vault | None]:  # fmt: skip
+        """``gen`` redacted, with its pseudonym vault: none, one for this request, or the conversation's.
+
+        A conversation's vault is loaded, used and stored back with a compare-and-swap on its version, under
+        a lock per conversation in this process; when another replica changed it meanwhile, the work is
+        redone on the new version, so two values never get the same placeholder."""
+        if not rules.pseudonymize or rules.conversation_ttl_s is None or conversation is None or self.vaults is None:
+            vault = Vault() if rules.pseudonymize else None
+            redacted, counts = await self.redact_generation(gen, rules, subject, vault)
+            return redacted, counts, vault
         if not _CONVERSATION.match(conversation):
             raise InvalidRequest("X-Conversation-Id must be 1-128 characters of letters, digits and . _ : -",
                                  param="X-Conversation-Id")  # fmt: skip
-        store = self.vaults
-        try:
-            return await asyncio.to_thread(store.load, store.key_for(subject, conversation))
-        except VaultError as exc:
-            await self.audit.commit("pii.vault_unreadable", subject, {"reason": str(exc)})
-            raise RedactionUnavailable("the conversation's pseudonyms cannot be read, so the request was refused; "
-                                       "start a new conversation") from None  # fmt: skip
-
-    async def keep(self, vault: Vault | None, rules: PIIRules, subject: str, conversation: str | None) -> None:
-        """Store the conversation's vault again (encrypted), when pseudonyms are kept per conversation."""
-        if vault is None or rules.conversation_ttl_s is None or conversation is None or self.vaults is None:
-            return
         store, ttl = self.vaults, rules.conversation_ttl_s
-        await asyncio.to_thread(store.save, store.key_for(subject, conversation), vault, ttl)
+        vid = store.key_for(subject, conversation)
+        lock = self._locks.setdefault(vid, asyncio.Lock())
+        self._waiting[vid] = self._waiting.get(vid, 0) + 1
+        try:
+            async with lock:
+                for _ in range(5):
+                    try:
+                        loaded, version = await asyncio.to_thread(store.load, vid)
+                    except VaultError as exc:
+                        await self.audit.commit("pii.vault_unreadable", subject, {"reason": str(exc)})
+                        raise RedactionUnavailable("the conversation's pseudonyms cannot be read, so the request "
+                                                   "was refused; start a new conversation") from None  # fmt: skip
+                    redacted, counts = await self.redact_generation(gen, rules, subject, loaded)
+                    if await asyncio.to_thread(store.save, vid, loaded, ttl, version):
+                        return redacted, counts, loaded
+        finally:
+            self._waiting[vid] -= 1
+            if not self._waiting[vid]:
+                del self._waiting[vid], self._locks[vid]
+        raise RedactionUnavailable("the conversation's pseudonyms kept changing under other requests; retry")
 
-    async def _analyze(self, texts: Sequence[str], rules: PIIRules, subject: str) -> list[list[Finding]]:
+    async def _analyze(self, texts: Sequence[str], rules: PIIRules, subject: str,
+                       state: dict[str, bool] | None = None) -> list[list[Finding]]:  # fmt: skip
+        """Findings per text. ``state`` carries, for one stream, whether failing open was already audited."""
         if not rules.entities or not any(texts):
             return [[] for _ in texts]
         try:
@@ -89,7 +108,10 @@ class PIIGuard:
                                                allow=rules.allow, timeout_s=rules.timeout_s)  # fmt: skip
         except PIIUnavailable as exc:
             if rules.on_error == "fail_open":
-                await self.audit.commit("pii.fail_open", subject, {"reason": str(exc), "texts": len(texts)})
+                if state is None or not state.get("failed_open"):
+                    await self.audit.commit("pii.fail_open", subject, {"reason": str(exc), "texts": len(texts)})
+                    if state is not None:
+                        state["failed_open"] = True
                 return [[] for _ in texts]
             await self.audit.commit("pii.unavailable", subject, {"reason": str(exc)})
             raise RedactionUnavailable("personal-data screening is unavailable, so the request was refused; "
@@ -112,13 +134,17 @@ class PIIGuard:
             counts += c
         return out, counts
 
-    async def redact_messages(self, messages: Sequence[dict[str, Any]], rules: PIIRules, subject: str,
-                              vault: Vault | None) -> tuple[list[dict[str, Any]], Counts]:  # fmt: skip
-        """Chat messages with every text field redacted (a copy; the input is not changed)."""
-        copied, slots = fields.message_slots(messages)
-        texts, counts = await self.redact_texts(fields.read(slots), rules, subject, vault)
-        fields.write(slots, texts)
-        return copied, counts
+    async def redact_generation(self, gen: Generation, rules: PIIRules, subject: str,
+                                vault: Vault | None) -> tuple[Generation, Counts]:  # fmt: skip
+        """``gen`` with every text that would reach the backend redacted: messages (every string but
+        structural ones), the prompt, stop sequences and fields forwarded as they are (``user``, ``tools``...)."""
+        payload = fields.copy({"messages": list(gen.messages), "prompt": gen.prompt, "stop": list(gen.stop),
+                               "passthrough": gen.passthrough})  # fmt: skip
+        found = fields.slots(payload)
+        texts, counts = await self.redact_texts(fields.read(found), rules, subject, vault)
+        fields.write(found, texts)
+        return replace(gen, messages=payload["messages"], prompt=payload["prompt"], stop=tuple(payload["stop"]),
+                       passthrough=payload["passthrough"]), counts  # fmt: skip
 
     async def answer(self, text: str, extra: dict[str, Any] | None, rules: PIIRules, subject: str,
                      vault: Vault | None) -> tuple[str, dict[str, Any] | None, Counts]:  # fmt: skip
@@ -144,85 +170,108 @@ class PIIGuard:
         new_text = message.pop("content")
         return new_text, (message or None) if extra is not None else None, counts
 
-    def stream(
-        self, rules: PIIRules, subject: str, vault: Vault | None, conversation: str | None = None
-    ) -> StreamFilter:
+    def stream(self, rules: PIIRules, subject: str, vault: Vault | None) -> StreamFilter:
         """A filter for one streamed answer."""
-        return StreamFilter(self, rules, subject, vault, conversation)
+        return StreamFilter(self, rules, subject, vault)
+
+
+Path = tuple[str | int, ...]
 
 
 class StreamFilter:
-    """One streamed answer: its content and each tool call's arguments, through hold-back windows."""
+    """One streamed answer: every text field (content, each tool call's arguments, reasoning, refusals...)
+    through a hold-back window of its own, so no value ever leaves partly."""
 
-    def __init__(self, guard: PIIGuard, rules: PIIRules, subject: str, vault: Vault | None,
-                 conversation: str | None = None) -> None:  # fmt: skip
+    def __init__(self, guard: PIIGuard, rules: PIIRules, subject: str, vault: Vault | None) -> None:
         self.guard, self.rules, self.subject, self.vault = guard, rules, subject, vault
-        self.conversation = conversation
         self.counts: Counts = Counter()
-        self._content = self._new()
-        self._tools: dict[int, Any] = {}
+        self._windows: dict[Path, Any] = {}
+        self._state: dict[str, bool] = {}
 
-    def _new(self) -> Any:
-        if self.rules.see_unredacted:
-            return PlaceholderRestorer(self.vault.values if self.vault else {})
-        return StreamRedactor(self._analyze_one, self._apply, hold=self.rules.hold, min_release=self.rules.hold,
-                              left_context=64)  # fmt: skip
-
-    async def keep(self) -> None:
-        """Store the conversation's vault after the answer (its pseudonyms may have grown)."""
-        await self.guard.keep(self.vault, self.rules, self.subject, self.conversation)
+    def _window(self, path: Path) -> Any:
+        window = self._windows.get(path)
+        if window is None:
+            if self.rules.see_unredacted:
+                window = PlaceholderRestorer(self.vault.values if self.vault else {})
+            else:
+                window = StreamRedactor(self._analyze_one, self._apply, hold=self.rules.hold,
+                                        min_release=self.rules.hold, left_context=64)  # fmt: skip
+            self._windows[path] = window
+        return window
 
     async def _analyze_one(self, text: str) -> list[Finding]:
-        return (await self.guard._analyze([text], self.rules, self.subject))[0]
+        return (await self.guard._analyze([text], self.rules, self.subject, self._state))[0]
 
     def _apply(self, text: str, findings: Sequence[Finding]) -> str:
         out, counts = self.guard.redactor.apply(text, findings, self.rules, "response", self.vault)
         self.counts += counts
         return out
 
-    @staticmethod
-    async def _feed(f: Any, text: str) -> str:
-        out = f.feed(text)
-        return await out if not isinstance(out, str) else out
-
-    @staticmethod
-    async def _flush(f: Any, safe: bool = False) -> str:
-        if isinstance(f, PlaceholderRestorer):
-            return "" if safe else f.flush()
-        released: str = await (f.flush_safe() if safe else f.flush())
+    async def _feed(self, path: Path, text: str) -> str:
+        if not text:
+            return ""
+        out = self._window(path).feed(text)
+        released: str = await out if not isinstance(out, str) else out
         return released
 
-    async def content(self, text: str) -> str:
-        return await self._feed(self._content, text) if text else ""
+    async def delta(self, text: str, extra: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+        """One delta as the caller may see it now: what its windows release."""
+        released = await self._feed(("content",), text)
+        if not extra:
+            return released, extra
+        return released, await self._filter(extra, (), None)
 
-    async def tool_calls(self, calls: list[Any]) -> list[Any]:
-        """Tool-call deltas with their ``arguments`` pieces passed through one window per call."""
-        out = []
-        for call in calls:
-            if not isinstance(call, dict):
-                out.append(call)
-                continue
-            index = call.get("index", 0)
-            fn = call.get("function")
-            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                window = self._tools.setdefault(index, self._new())
-                fn = {**fn, "arguments": await self._feed(window, fn["arguments"])}
-                call = {**call, "function": fn}
-            out.append(call)
-        return out
+    async def _filter(self, value: Any, path: Path, parent: str | None) -> Any:
+        if isinstance(value, str):
+            return await self._feed(path, value)
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                if key in fields.STRUCTURAL or (key == "name" and parent in _NAMED):
+                    out[key] = item
+                else:
+                    out[key] = await self._filter(item, (*path, key), key)
+            return out
+        if isinstance(value, list):
+            if path == ("tool_calls",):  # tool-call deltas name their call by "index", not by position
+                return [await self._filter(item, (*path, item.get("index", i) if isinstance(item, dict) else i),
+                                           parent) for i, item in enumerate(value)]  # fmt: skip
+            return [await self._filter(item, (*path, i), parent) for i, item in enumerate(value)]
+        return value
 
-    async def finish(self, safe: bool = False) -> tuple[str, list[Any]]:
+    async def finish(self, safe: bool = False) -> tuple[str, dict[str, Any] | None]:
         """What is still held: all of it at the end (``safe=False``), or what is safe now (a timer flush)."""
-        text = await self._flush(self._content, safe)
-        tails = []
-        for index, window in sorted(self._tools.items()):
-            rest = await self._flush(window, safe)
-            if rest:
-                tails.append({"index": index, "function": {"arguments": rest}})
-        return text, tails
+        text = ""
+        extra: dict[str, Any] = {}
+        for path, window in list(self._windows.items()):
+            if isinstance(window, PlaceholderRestorer):
+                rest = "" if safe else window.flush()
+            else:
+                rest = await (window.flush_safe() if safe else window.flush())
+            if not rest:
+                continue
+            if path == ("content",):
+                text = rest
+            elif path[:1] == ("tool_calls",) and len(path) >= 2:
+                call: dict[str, Any] = {"index": path[1]}
+                _place(call, path[2:], rest)
+                extra.setdefault("tool_calls", []).append(call)
+            else:
+                _place(extra, path, rest)
+        return text, extra or None
 
 
-async def chunks_with_timer(source: AsyncIterator[Any], idle_s: float) -> AsyncIterator[Any | None]:
+def _place(target: dict[str, Any], path: Path, text: str) -> None:
+    """Put ``text`` at ``path`` in nested dicts (list positions become keys: deltas are partial objects)."""
+    for part in path[:-1]:
+        target = target.setdefault(str(part), {})
+    target[str(path[-1])] = text
+
+
+_NAMED = frozenset({"function", "function_call", "tool_choice"})
+
+
+async def chunks_with_timer(source: AsyncIterator[Any], idle_s: float) -> AsyncGenerator[Any | None, None]:
     """``source``'s items, and ``None`` whenever it stays silent for ``idle_s`` (time for a safe flush)."""
     pending: asyncio.Task[Any] | None = None
     try:
@@ -240,5 +289,7 @@ async def chunks_with_timer(source: AsyncIterator[Any], idle_s: float) -> AsyncI
                 return
             yield item
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
+        if pending is not None:
+            pending.cancel()  # and wait for it: the source must not be running when its owner closes it
+            with contextlib.suppress(BaseException):
+                await pending

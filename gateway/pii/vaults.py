@@ -41,33 +41,49 @@ class VaultStore:
         self._db.text_factory = bytes  # an edited row may hold TEXT: read it as bytes, and let the tag fail
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS vaults (id BLOB PRIMARY KEY, nonce BLOB NOT NULL, "
-                         "blob BLOB NOT NULL, expires REAL NOT NULL)")  # fmt: skip
+                         "blob BLOB NOT NULL, expires REAL NOT NULL, version INTEGER NOT NULL)")  # fmt: skip
         self._lock = threading.Lock()
 
     def key_for(self, subject: str, conversation: str) -> bytes:
         """The row id of a caller's conversation: an HMAC, so the store names neither."""
         return hmac.new(self._ids, f"{subject}\0{conversation}".encode(), sha256).digest()
 
-    def load(self, vid: bytes) -> Vault:
-        """The conversation's vault, or an empty one."""
+    def load(self, vid: bytes) -> tuple[Vault, int]:
+        """The conversation's vault (or an empty one) and its version, for ``save``."""
         with self._lock:
-            row = self._db.execute("SELECT nonce, blob FROM vaults WHERE id = ? AND expires > ?",
+            row = self._db.execute("SELECT nonce, blob, version FROM vaults WHERE id = ? AND expires > ?",
                                    (vid, time.time())).fetchone()  # fmt: skip
         if row is None:
-            return Vault()
+            return Vault(), 0
         try:
             plain = self._aead.decrypt(bytes(row[0]), bytes(row[1]), vid)
         except InvalidTag:
             raise VaultError("a stored pseudonym vault does not decrypt: wrong key, or the store was edited") from None
-        return Vault.from_json(orjson.loads(plain))
+        return Vault.from_json(orjson.loads(plain)), int(row[2])
 
-    def save(self, vid: bytes, vault: Vault, ttl_s: float) -> None:
+    def save(self, vid: bytes, vault: Vault, ttl_s: float, version: int) -> bool:
+        """Store ``vault`` if it is still at ``version`` (compare and swap); False if another request changed it
+        meanwhile, and then the caller loads it again and redoes its work."""
         nonce = os.urandom(12)
         blob = self._aead.encrypt(nonce, orjson.dumps(vault.to_json()), vid)
         now = time.time()
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO vaults VALUES (?, ?, ?, ?)", (vid, nonce, blob, now + ttl_s))
-            self._db.execute("DELETE FROM vaults WHERE expires <= ?", (now,))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT version, expires FROM vaults WHERE id = ?", (vid,)).fetchone()
+                current = 0 if row is None or row[1] <= now else int(row[0])
+                if current != version:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute("INSERT OR REPLACE INTO vaults VALUES (?, ?, ?, ?, ?)",
+                                 (vid, nonce, blob, now + ttl_s, version + 1))  # fmt: skip
+                self._db.execute("DELETE FROM vaults WHERE expires <= ?", (now,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return True
 
     def close(self) -> None:
         self._db.close()

@@ -31,13 +31,18 @@ class Upstream:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     answer: str = "ok"
     chunk_sizes: tuple[int, int] = (1, 6)
+    reasoning: str = ""
+    """Also answered as ``reasoning_content`` (and streamed in pieces), as reasoning models do."""
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
         key = "chat" if request.path.endswith("chat/completions") else "text"
         if not body.get("stream"):
-            choice = ({"index": 0, "message": {"role": "assistant", "content": self.answer}, "finish_reason": "stop"}
+            message = {"role": "assistant", "content": self.answer}
+            if self.reasoning:
+                message |= {"reasoning_content": self.reasoning, "refusal": self.reasoning}
+            choice = ({"index": 0, "message": message, "finish_reason": "stop"}
                       if key == "chat" else {"index": 0, "text": self.answer, "finish_reason": "stop"})  # fmt: skip
             return web.json_response(
                 {
@@ -52,6 +57,13 @@ class Upstream:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         rnd, text, i = random.Random(len(self.bodies)), self.answer, 0
+        j = 0
+        while key == "chat" and j < len(self.reasoning):  # reasoning first, split, then a function call's arguments
+            n = rnd.randint(*self.chunk_sizes)
+            piece = {"reasoning_content": self.reasoning[j : j + n],
+                     "function_call": {"name": "lookup", "arguments": self.reasoning[j : j + n]}}  # fmt: skip
+            await resp.write(b"data: " + json.dumps({"choices": [{"index": 0, "delta": piece}]}).encode() + b"\n\n")
+            j += n
         while i < len(text):
             n = rnd.randint(*self.chunk_sizes)
             delta = {"content": text[i : i + n]} if key == "chat" else None
@@ -341,3 +353,81 @@ async def test_pseudonyms_per_conversation_are_kept_encrypted(tmp_path: Path, up
         r = await c.post("/v1/chat/completions", json=chat("hi"), headers=conv)
     assert r.status_code == 503 and r.json()["error"]["code"] == "pii_unavailable"
     assert any(e["kind"] == "pii.vault_unreadable" for e in entries(s))
+
+
+async def test_forwarded_fields_are_redacted_too(tmp_path: Path, upstream: Upstream) -> None:
+    """Fields the gateway only forwards (user, tools, prediction, stop, a participant's name, object arguments)
+    are redacted like message contents; a malformed tool_calls is not a 500."""
+    s = settings_for(tmp_path, upstream)
+    body = chat(f"hi {EMAIL}", user=EMAIL, stop=[EMAIL], prediction={"type": "content", "content": f"to {EMAIL}"},
+                tools=[{"type": "function", "function": {"name": "send_mail", "description": f"mails {EMAIL}",
+                                                         "parameters": {"type": "object"}}}])  # fmt: skip
+    body["messages"].append(
+        {
+            "role": "assistant",
+            "name": "helper",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "send_mail", "arguments": {"to": EMAIL}}}
+            ],
+        }
+    )
+    async with in_process(create_app(s), new_key(s, "user")) as c:
+        assert (await c.post("/v1/chat/completions", json=body)).status_code == 200
+        odd = chat("hi")
+        odd["messages"].append({"role": "assistant", "content": "x", "tool_calls": 5})
+        assert (await c.post("/v1/chat/completions", json=odd)).status_code != 500
+    sent = upstream.bodies[0]
+    assert EMAIL not in json.dumps(sent)
+    assert sent["user"] == "<EMAIL_ADDRESS_1>" and sent["tools"][0]["function"]["name"] == "send_mail"
+    assert sent["messages"][1]["tool_calls"][0]["function"]["arguments"] == {"to": "<EMAIL_ADDRESS_1>"}
+
+
+async def test_every_answer_field_is_redacted(tmp_path: Path, upstream: Upstream) -> None:
+    """reasoning_content, refusal and function-call arguments come back redacted, whole and streamed."""
+    s = settings_for(tmp_path, upstream)
+    upstream.reasoning = f"the user is {EMAIL}, phone {PHONE}, so I will write to {EMAIL} now. " * 2
+    async with in_process(create_app(s), new_key(s, "user")) as c:
+        whole = await c.post("/v1/chat/completions", json=chat("hi"))
+        streamed = await c.post("/v1/chat/completions", json=chat("hi", stream=True))
+    message = whole.json()["choices"][0]["message"]
+    assert EMAIL not in whole.text and PHONE not in whole.text
+    assert "<EMAIL_ADDRESS_1>" in message["reasoning_content"] and "<EMAIL_ADDRESS_1>" in message["refusal"]
+    for value in (EMAIL, PHONE, "jane.doe", "corp-mail"):
+        assert value not in streamed.text
+    deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in streamed.text.splitlines()
+              if line.startswith("data: {")]  # fmt: skip
+    reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+    arguments = "".join(d.get("function_call", {}).get("arguments", "") for d in deltas)
+    assert reasoning == arguments == message["reasoning_content"]
+
+
+async def test_no_fallback_under_other_pii_rules(tmp_path: Path, upstream: Upstream) -> None:
+    """A fallback whose PII rules differ from the requested model's is not used: names allowed to the primary
+    never reach a model that must not see them."""
+    s = Settings.load(None, state_dir=tmp_path, local_triton={"enabled": False},
+                      backends={"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream.port}/v1"},
+                                "down": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                         "connect_timeout_s": 1, "timeout_s": 2}},
+                      models=[{"name": "llama-3-down", "backend": "down", "fallback": "smollm2-spare"},
+                              {"name": "smollm2-spare", "backend": "up"}],
+                      policy={"dir": POLICIES, "watch": False}, ledger={"chain": {"enabled": False}})  # fmt: skip
+    async with in_process(create_app(s), new_key(s, "analyst")) as c:
+        r = await c.post("/v1/chat/completions", json={**chat("John Smith asks"), "model": "llama-3-down"})
+    assert r.status_code in (502, 503)
+    assert upstream.bodies == []
+
+
+async def test_concurrent_requests_share_one_conversation_safely(tmp_path: Path, upstream: Upstream) -> None:
+    """Concurrent requests of one conversation never give one placeholder to two values."""
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    (folder / "pii.yaml").write_text((folder / "pii.yaml").read_text().replace(
+        "pseudonym_scope: request", "pseudonym_scope: conversation"))  # fmt: skip
+    s = settings_for(tmp_path, upstream, policies=folder)
+    conv = {"x-conversation-id": "busy"}
+    people = [f"user{i}@corp-mail.com" for i in range(8)]
+    async with in_process(create_app(s), new_key(s, "user")) as c:
+        await asyncio.gather(*(c.post("/v1/chat/completions", json=chat(f"mail {p}"), headers=conv) for p in people))
+    placeholders = [b["messages"][0]["content"].removeprefix("mail ") for b in upstream.bodies]
+    assert sorted(placeholders) == sorted(f"<EMAIL_ADDRESS_{i}>" for i in range(1, 9))
