@@ -1,7 +1,10 @@
-"""Apply the policy's operators to what the analyzer found, with Presidio's anonymizer.
+"""Apply the policy's operators to what the analyzer found.
 
-The anonymizer resolves overlapping findings (a URL inside an email address) and applies one
-operator per kind of data. Placeholders and hashes are made here:
+Overlapping findings (a URL inside an email address) are resolved first: the higher score wins,
+then the longer span, then the earlier one. Then each finding is replaced as its kind's operator
+says. (Presidio's anonymizer does the same, but importing it loads Presidio's analyzer and spaCy,
+about 1 s and 100 MB, into the gateway process, which only ever needs these string operations:
+analysis itself runs in the worker processes.)
 
 - ``replace``: ``<EMAIL_ADDRESS>``, or with pseudonyms ``<EMAIL_ADDRESS_1>``: the same value gets
   the same number within a request (``Vault``), so the model can still tell two people apart;
@@ -17,16 +20,10 @@ The vault maps placeholders to values for one request, in memory only, and is ne
 from __future__ import annotations
 
 import hmac
-import os
 from collections import Counter
 from collections.abc import Sequence
 from hashlib import sha256
 from typing import Literal
-
-os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # presidio imports tldextract: snapshot only
-
-from presidio_anonymizer import AnonymizerEngine
-from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
 
 from gateway.pii.engine import Finding
 from gateway.pii.policy import PIIRules
@@ -84,7 +81,6 @@ class Redactor:
 
     def __init__(self, hash_key: bytes) -> None:
         self._key = hash_key
-        self._engine = AnonymizerEngine()  # type: ignore[no-untyped-call]
 
     def digest(self, value: str) -> str:
         return hmac.new(self._key, value.encode(), sha256).hexdigest()[:16]
@@ -98,35 +94,37 @@ class Redactor:
             for f in findings:
                 if rules.operator(f.entity) == "block":
                     raise PIIBlocked(f.entity)
-        if vault is not None and rules.pseudonymize:
-            # Number placeholders in reading order: the anonymizer applies operators from the end.
-            for f in sorted(findings, key=lambda f: (f.start, -f.end)):
-                if self._name(f.entity, rules) == "replace":
-                    vault.placeholder(f.entity, text[f.start : f.end])
-        operators = {f.entity: self._config(f.entity, rules, vault) for f in findings}
-        results = [RecognizerResult(f.entity, f.start, f.end, f.score) for f in findings]
-        out = self._engine.anonymize(text=text, analyzer_results=results, operators=operators)
-        counts: Counts = Counter((item.entity_type, self._name(item.entity_type, rules)) for item in out.items)
-        return out.text, counts
+        out: list[str] = []
+        counts: Counts = Counter()
+        pos = 0
+        for f in _resolve(findings):  # in reading order, so pseudonyms are numbered as they appear
+            op = "replace" if rules.operator(f.entity) == "block" else rules.operator(f.entity)
+            out += [text[pos : f.start], self._replacement(f.entity, text[f.start : f.end], op, rules, vault)]
+            counts[(f.entity, op)] += 1
+            pos = f.end
+        out.append(text[pos:])
+        return "".join(out), counts
 
-    @staticmethod
-    def _name(entity: str, rules: PIIRules) -> str:
-        op = rules.operator(entity)
-        return "replace" if op == "block" else op
-
-    def _config(self, entity: str, rules: PIIRules, vault: Vault | None) -> OperatorConfig:
-        op = self._name(entity, rules)
+    def _replacement(self, entity: str, value: str, op: str, rules: PIIRules, vault: Vault | None) -> str:
         if op == "replace":
-            if vault is not None and rules.pseudonymize:
-                return OperatorConfig("custom", {"lambda": lambda value, e=entity: vault.placeholder(e, value)})
-            return OperatorConfig("replace", {"new_value": f"<{entity}>"})
+            return vault.placeholder(entity, value) if vault is not None and rules.pseudonymize else f"<{entity}>"
         if op == "hash":
-            return OperatorConfig("custom", {"lambda": lambda value, e=entity: f"<{e}:{self.digest(value)}>"})
+            return f"<{entity}:{self.digest(value)}>"
         if op == "mask":
-            return OperatorConfig("custom", {"lambda": _mask})
+            return _mask(value)
         if op == "redact":
-            return OperatorConfig("redact", {})
+            return ""
         raise ValueError(f"no operator {op!r} for {entity}")  # 'allow' never reaches here: not looked for
+
+
+def _resolve(findings: Sequence[Finding]) -> list[Finding]:
+    """Findings that do not overlap, in reading order: of two that overlap, the higher score wins, then the
+    longer span, then the earlier one."""
+    chosen: list[Finding] = []
+    for f in sorted(findings, key=lambda f: (-f.score, f.start - f.end, f.start)):
+        if all(f.end <= c.start or f.start >= c.end for c in chosen):
+            chosen.append(f)
+    return sorted(chosen, key=lambda f: f.start)
 
 
 def _mask(value: str) -> str:
