@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.anchor import AnchorRecord, ChainAnchor, ChainError
+from ledger.entry import log_id
 from ledger.store import Checkpointed, Store, StoreError
-from ledger.verifier import log_id
 
 _log = logging.getLogger("ledger.anchor")
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import os
 import re
-import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +29,8 @@ from typing import Literal
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ledger.keyfile import KeyFileError, create_private, read_private
 
 ALG_ED25519 = 0x01
 SIGNATURE_PREFIX = "\u2014 "  # EM DASH, SPACE
@@ -64,10 +63,6 @@ class CheckpointError(ValueError):
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason: Reason = reason
-
-
-class KeyFileError(ValueError):
-    """A signing key file that is missing, malformed, or readable or writable by other users."""
 
 
 def _malformed(message: str) -> CheckpointError:
@@ -326,25 +321,7 @@ class NoteVerifier:
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load the Ed25519 key in the PKCS#8 PEM file ``path``, refusing a file others can read or write."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"signing key file {path} does not exist") from exc
-    except OSError as exc:
-        raise KeyFileError(f"cannot open signing key file {path}: {exc.strerror}") from exc
-    try:
-        st = os.fstat(fd)  # the mode of the file we read, not of whatever the path names later
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"signing key file {path} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise KeyFileError(
-                f"signing key file {path} has mode {mode:04o}: group or others can read or write it; "
-                f"run: chmod 600 {path}"
-            )
-        data = os.read(fd, 64 * 1024)
-    finally:
-        os.close(fd)
+    data = read_private(path, "signing key file")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -357,34 +334,6 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load the signing key in ``path``, first creating it (mode 0600, directory 0700) if it is missing."""
     if not os.path.lexists(path):
-        _create_signing_key(path)
+        create_private(path, Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
     return load_signing_key(path)
-
-
-def _create_signing_key(path: Path) -> None:
-    """Write a new key to a private temporary file, then link it into place.
-
-    The link is atomic and fails if ``path`` exists, so two processes starting at once agree on
-    one key, and no reader ever sees a half-written file.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)  # the umask may have removed the owner's bits
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
-            os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -10,36 +10,19 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-import stat
 from hashlib import sha256
 from pathlib import Path
 
-from ledger.checkpoint import KeyFileError
+from ledger.keyfile import KeyFileError, create_private, read_private
 
 PREFIX = "hmac-sha256:"
 
 
-def _check_private(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise KeyFileError(f"{path} has mode {mode:04o}: other users could read it; run: chmod 600 {path}")
-
-
 def load_or_create_key(path: Path) -> bytes:
-    """The 32-byte HMAC key in ``path`` (hex), created with mode 0600 if it does not exist."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first: read theirs
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-    _check_private(path)
-    text = path.read_text().strip()
+    """The HMAC key in ``path`` (hex, at least 32 bytes), created with 32 random bytes and mode 0600 if missing."""
+    if not os.path.lexists(path):
+        create_private(path, (secrets.token_hex(32) + "\n").encode())
+    text = read_private(path).decode(errors="replace").strip()
     try:
         key = bytes.fromhex(text)
     except ValueError as exc:

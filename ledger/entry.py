@@ -69,6 +69,11 @@ def canonical_entry(fields: dict[str, Any]) -> bytes:
     return canonical(fields)
 
 
+def log_id(origin: str) -> bytes:
+    """The bytes32 id under which a log's checkpoints are anchored: SHA-256 of its origin."""
+    return hashlib.sha256(origin.encode()).digest()
+
+
 def timestamp(now: float | None = None) -> str:
     """RFC 3339 UTC time with microseconds, as entries carry it."""
     t = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from ledger.checkpoint import CheckpointError, NoteVerifier
-from ledger.entry import GENESIS, EntryError, canonical_entry, check_fields
+from ledger.entry import GENESIS, EntryError, canonical_entry, check_fields, log_id
 from ledger.merkle import MerkleTree, leaf_hash
 from ledger.store import Store
 
@@ -83,11 +83,6 @@ class Report:
             "chain_checked": self.chain_checked, "unanchored": self.unanchored,
             "problems": [{"kind": p.kind, "seq": p.seq, "message": p.message} for p in self.problems],
         }  # fmt: skip
-
-
-def log_id(origin: str) -> bytes:
-    """The bytes32 id under which a log's checkpoints are anchored: SHA-256 of its origin."""
-    return hashlib.sha256(origin.encode()).digest()
 
 
 def verify_log(

@@ -15,7 +15,6 @@ the bundle could not be read or is not shaped like a bundle, or ``--key`` is not
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.checkpoint import CheckpointError, NoteVerifier
-from ledger.entry import EntryError, check_fields, entry_hash
+from ledger.entry import EntryError, check_fields, entry_hash, log_id
 from ledger.merkle import leaf_hash, verify_inclusion
 
 FORMAT = "llm-gateway-ledger-proof/1"
@@ -116,8 +115,7 @@ def verify_bundle(bundle: dict[str, Any], key: str | None = None, rpc_url: str |
     anchor = bundle.get("anchor")
     chain_checked = False
     if anchor is not None:
-        log_id = hashlib.sha256(checkpoint.origin.encode()).digest()
-        if _hex(anchor.get("log_id"), "the anchor's log id") != log_id:
+        if _hex(anchor.get("log_id"), "the anchor's log id") != log_id(checkpoint.origin):
             raise ProofError("the anchor is for another log")
         if anchor.get("tree_size") != checkpoint.tree_size or _hex(anchor.get("root"), "the anchor's root") != (
             checkpoint.root_hash

@@ -8,13 +8,13 @@ when group or other users could read them.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import stat
 from pathlib import Path
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+
+from ledger.keyfile import KeyFileError, create_private, read_private
 
 from .errors import ChainError
 
@@ -62,21 +62,11 @@ def load_account(keystore_path: Path, password_path: Path) -> LocalAccount:
 
 def _check_private(path: Path) -> None:
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        raise ChainError(f"{path} does not exist") from None
-    if mode & 0o077:
-        raise ChainError(f"{path} has mode {mode:04o}: other users could read it; run: chmod 600 {path}")
+        read_private(path, "file")
+    except KeyFileError as exc:
+        raise ChainError(str(exc)) from None
 
 
 def _write_private(path: Path, text: str) -> None:
-    # O_EXCL: never clobber, and the file is 0600 from its first byte (no chmod window).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    if not create_private(path, text.encode("utf-8")):
+        raise ChainError(f"{path} already exists: refusing to overwrite a key")
