@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.settings import Settings
-from ledger.anchor import Anvil, ChainAnchor, ChainConfig, ChainError, WrongChain, create_keystore, load_account
+from ledger.anchor import Anvil, ChainAnchor, ChainConfig, ChainError, WrongChain, create_keystore, load_account, rpc
 from ledger.anchorer import Anchorer
 from ledger.store import open_store
 
@@ -49,22 +49,6 @@ def embedded_anvil(settings: Settings) -> Anvil:
                  state_path=settings.ledger_dir() / "anvil-state.json")  # fmt: skip
 
 
-def _rpc(url: str, method: str, *params: Any) -> Any:
-    import requests
-
-    try:
-        with requests.Session() as session:
-            session.trust_env = False  # a stray HTTP_PROXY must not reroute chain traffic
-            resp = session.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)},
-                                timeout=10)  # fmt: skip
-            body = resp.json()
-    except (requests.RequestException, ValueError) as exc:
-        raise ChainError(f"{method} at {url} failed: {exc}") from None
-    if "error" in body:
-        raise ChainError(f"{method}: {body['error']}")
-    return body["result"]
-
-
 def prepare_embedded(settings: Settings) -> str:
     """Key, funds and contract on the embedded chain, created on first use; returns the contract address."""
     config = chain_config(settings)
@@ -72,10 +56,10 @@ def prepare_embedded(settings: Settings) -> str:
     if not keystore.exists():
         log.info("created the anchoring key %s (%s)", keystore, create_keystore(keystore, password))
     account = load_account(keystore, password)
-    _rpc(config.rpc_url, "anvil_setBalance", account.address, hex(10**21))  # a local chain: gas is free
+    rpc(config.rpc_url, "anvil_setBalance", account.address, hex(10**21))  # a local chain: gas is free
     known: dict[str, Any] = json.loads(chain_file.read_text()) if chain_file.exists() else {}
     address: str | None = known.get("contract")
-    if address and _rpc(config.rpc_url, "eth_getCode", address, "latest") not in ("0x", "0x0", None):
+    if address and rpc(config.rpc_url, "eth_getCode", address, "latest") not in ("0x", "0x0", None):
         return str(address)
     if address:
         # The node lost its whole state: earlier anchors are gone and verification will say so.
@@ -84,7 +68,7 @@ def prepare_embedded(settings: Settings) -> str:
         log.warning("the embedded chain has no contract at %s (state lost); deploying again (old record: %s)",
                     address, backup)  # fmt: skip
     address = str(ChainAnchor.deploy(config))
-    block = _rpc(config.rpc_url, "eth_blockNumber")
+    block = rpc(config.rpc_url, "eth_blockNumber")
     chain_file.write_text(json.dumps({"contract": address, "chain_id": config.chain_id, "deployed_at_block": int(
         block, 16)}, indent=2) + "\n")  # fmt: skip
     log.info("deployed AuditAnchor at %s on the embedded chain", address)

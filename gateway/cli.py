@@ -9,20 +9,8 @@ from typing import Any
 
 import click
 
+from gateway._cli import config_option, load_settings
 from gateway.errors import ConfigError
-from gateway.settings import Settings
-
-_config = click.option(
-    "--config", "-c", "config_file", type=click.Path(path_type=Path, dir_okay=False),
-    envvar="GATEWAY_CONFIG", help="YAML config file (also GATEWAY_CONFIG).",
-)  # fmt: skip
-
-
-def _load(config_file: Path | None, **overrides: Any) -> Settings:
-    try:
-        return Settings.load(config_file, **overrides)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -32,7 +20,7 @@ def main() -> None:
 
 
 @main.command()
-@_config
+@config_option
 @click.option("--local-triton/--no-local-triton", default=None,
               help="Start the embedded demo Triton server (default: as configured, on).")  # fmt: skip
 def serve(config_file: Path | None, local_triton: bool | None) -> None:
@@ -43,7 +31,7 @@ def serve(config_file: Path | None, local_triton: bool | None) -> None:
     overrides: dict[str, Any] = {}
     if local_triton is not None:
         overrides["local_triton"] = {"enabled": local_triton}
-    settings = _load(config_file, **overrides)
+    settings = load_settings(config_file, **overrides)
     configure_logging()
     try:
         sys.exit(run(settings))
@@ -52,13 +40,13 @@ def serve(config_file: Path | None, local_triton: bool | None) -> None:
 
 
 @main.command()
-@_config
+@config_option
 def models(config_file: Path | None) -> None:
     """List model routes and whether their backends report them ready."""
     from gateway.app import build_backends
     from gateway.routing import Router
 
-    settings = _load(config_file)
+    settings = load_settings(config_file)
 
     async def check() -> list[tuple[str, str, str, bool]]:
         backends = build_backends(settings)
@@ -80,12 +68,12 @@ def models(config_file: Path | None) -> None:
 
 
 @main.command()
-@_config
+@config_option
 def certs(config_file: Path | None) -> None:
     """Create (if missing) and show the development CA and server certificate."""
     from gateway.tls import ensure_certificates
 
-    settings = _load(config_file)
+    settings = load_settings(config_file)
     paths = ensure_certificates(settings)
     if paths.ca_cert is not None:
         click.echo(f"CA certificate:     {paths.ca_cert}  (trust this one in clients)")
@@ -101,7 +89,7 @@ def keys() -> None:
 def _store(config_file: Path | None) -> Any:
     from gateway.identity.apikeys import APIKeyStore
 
-    return APIKeyStore(_load(config_file).api_keys_db)
+    return APIKeyStore(load_settings(config_file).api_keys_db)
 
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -117,7 +105,7 @@ def _ttl(value: str | None) -> float | None:
 
 
 @keys.command("create")
-@_config
+@config_option
 @click.option("--owner", required=True, help="Who the key is for (a team, a service).")
 @click.option("--role", "roles", multiple=True, required=True, help="A role from the policy; repeat for several.")
 @click.option("--expires-in", default=None, help="Lifetime such as 90d or 12h (default: no expiry).")
@@ -125,7 +113,7 @@ def keys_create(config_file: Path | None, owner: str, roles: tuple[str, ...], ex
     """Create a key. The key is printed once and never stored."""
     from gateway.ledger_cli import record
 
-    settings = _load(config_file)
+    settings = load_settings(config_file)
     store = _store(config_file)
     try:
         info, secret = store.create(owner, list(roles), _ttl(expires_in))
@@ -149,7 +137,7 @@ def _when(ts: float | None) -> str:
 
 
 @keys.command("list")
-@_config
+@config_option
 def keys_list(config_file: Path | None) -> None:
     """List keys (ids, owners, roles, dates; never secrets)."""
     store = _store(config_file)
@@ -163,13 +151,13 @@ def keys_list(config_file: Path | None) -> None:
 
 
 @keys.command("revoke")
-@_config
+@config_option
 @click.argument("key_id")
 def keys_revoke(config_file: Path | None, key_id: str) -> None:
     """Revoke a key at once (running gateways refuse it from their next request)."""
     from gateway.ledger_cli import record
 
-    settings = _load(config_file)
+    settings = load_settings(config_file)
     store = _store(config_file)
     try:
         ok = store.revoke(key_id)

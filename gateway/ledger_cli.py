@@ -14,21 +14,8 @@ from typing import Any
 import click
 import orjson
 
+from gateway._cli import config_option, load_settings
 from gateway.settings import Settings
-
-_config = click.option(
-    "--config", "-c", "config_file", type=click.Path(path_type=Path, dir_okay=False),
-    envvar="GATEWAY_CONFIG", help="YAML config file (also GATEWAY_CONFIG).",
-)  # fmt: skip
-
-
-def _load(config_file: Path | None) -> Settings:
-    from gateway.errors import ConfigError
-
-    try:
-        return Settings.load(config_file)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @contextmanager
@@ -78,7 +65,7 @@ def ledger() -> None:
 
 
 @ledger.command("verify")
-@_config
+@config_option
 @click.option("--chain/--no-chain", default=None, help="Check anchors on the chain (default: when one is configured).")
 @click.option(
     "--key",
@@ -92,7 +79,7 @@ def verify(config_file: Path | None, chain: bool | None, keys: tuple[str, ...], 
     """Recompute every hash, link, Merkle root, checkpoint signature and anchor. Exit 1 on tampering."""
     from ledger.verifier import verify_log
 
-    settings = _load(config_file)
+    settings = load_settings(config_file)
     by_log: dict[str, str] = {}
     for k in keys:
         by_log.setdefault(k.split("+", 1)[0], k)
@@ -180,13 +167,13 @@ def _chain(settings: Settings, enabled: bool) -> Iterator[Any]:
 
 
 @ledger.command("export")
-@_config
+@config_option
 @click.option("--since", default="0", help="First entry: a sequence number or an ISO 8601 time (UTC).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), help="File (default: stdout).")
 def export(config_file: Path | None, since: str, fmt: str, output: Path | None) -> None:
     """Export entries as JSON lines for SIEM tools (each line: the entry and its hash)."""
-    settings = _load(config_file)
+    settings = load_settings(config_file)
     start, after = _since(since)
     out = output.open("wb") if output else sys.stdout.buffer
     n = 0
@@ -218,13 +205,13 @@ def _since(value: str) -> tuple[int, str | None]:
 
 
 @ledger.command("proof")
-@_config
+@config_option
 @click.argument("seq", type=click.IntRange(min=0))
 def proof(config_file: Path | None, seq: int) -> None:
     """Print the proof bundle of entry SEQ (check it with: python -m ledger.verify FILE)."""
     from ledger.proof import ProofUnavailable, build_proof
 
-    settings = _load(config_file)
+    settings = load_settings(config_file)
     with _store(settings) as store:
         try:
             bundle = build_proof(store, settings.ledger.origin, seq, verifier_key(settings))
@@ -234,20 +221,20 @@ def proof(config_file: Path | None, seq: int) -> None:
 
 
 @ledger.command("key")
-@_config
+@config_option
 def key(config_file: Path | None) -> None:
     """Print the checkpoint verifier key to publish to auditors."""
-    click.echo(verifier_key(_load(config_file)))
+    click.echo(verifier_key(load_settings(config_file)))
 
 
 @ledger.command("digest")
-@_config
+@config_option
 @click.argument("body", type=click.File("rb"))
 def digest(config_file: Path | None, body: Any) -> None:
     """Print the keyed digest of a request or response body, to match it against an entry."""
     from ledger.digest import BodyDigester, load_or_create_key
 
-    settings = _load(config_file)
+    settings = load_settings(config_file)
     path = settings.ledger.body_key or settings.ledger_dir() / "body-hmac.key"
     if not path.exists():
         raise click.ClickException(f"no body key at {path}")

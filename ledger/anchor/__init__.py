@@ -1,7 +1,7 @@
 """Anchoring the ledger's checkpoint roots in the AuditAnchor contract on an EVM chain."""
 
 from ._artifact import load_artifact
-from .anvil import Anvil, find_anvil
+from .anvil import Anvil, find_anvil, rpc
 from .chain import AnchorRecord, ChainAnchor, ChainConfig, check_on_chain
 from .errors import AnchorRejected, ChainError, WrongChain
 from .keystore import create_keystore, load_account
@@ -19,4 +19,5 @@ __all__ = [
     "find_anvil",
     "load_account",
     "load_artifact",
+    "rpc",
 ]

@@ -153,13 +153,7 @@ class Anvil:
 
     def rpc(self, method: str, *params: Any, timeout_s: float = 10.0) -> Any:
         """One JSON-RPC call to this node; returns ``result`` or raises ``ChainError``."""
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-        with _OPENER.open(request, timeout=timeout_s) as response:
-            answer = json.loads(response.read())
-        if "error" in answer:
-            raise ChainError(f"{method} failed: {answer['error']}")
-        return answer["result"]
+        return rpc(self.url, method, *params, timeout_s=timeout_s)
 
     def fund(self, address: str, wei: int = 10**21) -> None:
         """Set ``address``'s balance (``anvil_setBalance``) so a fresh key can pay gas."""
@@ -185,3 +179,17 @@ class Anvil:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+
+
+def rpc(url: str, method: str, *params: Any, timeout_s: float = 10.0) -> Any:
+    """One JSON-RPC call to the node at ``url`` (no proxy); returns ``result`` or raises ``ChainError``."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with _OPENER.open(request, timeout=timeout_s) as response:
+            answer = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        raise ChainError(f"{method} at {url} failed: {exc}") from None
+    if "error" in answer:
+        raise ChainError(f"{method} failed: {answer['error']}")
+    return answer["result"]
