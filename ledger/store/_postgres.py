@@ -89,8 +89,15 @@ class PostgresStore:
             start = rows[-1][0] + 1
 
     def hashes(self, log: str) -> Iterator[bytes]:
-        for _, h, _ in self.read(log):
-            yield h
+        start = 0
+        while True:  # the hash column only: rebuilding the tree at start must not fetch every body
+            rows = self._fetchall("SELECT seq, hash FROM ledger_entries WHERE log = %s AND seq >= %s "
+                                  "ORDER BY seq LIMIT %s", (log, start, _BATCH))  # fmt: skip
+            for _, h in rows:
+                yield bytes(h)
+            if len(rows) < _BATCH:
+                return
+            start = rows[-1][0] + 1
 
     def count(self, log: str) -> int:
         row = self._fetchone("SELECT count(*) FROM ledger_entries WHERE log = %s", (log,))

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -149,10 +150,20 @@ async def test_cli_records_keys_verifies_exports_and_detects_tampering(triton: A
     assert "TAMPERED: llm-gateway.local/default: entry 0:" in tampered.output and "[edited]" in tampered.output
 
 
-def test_cli_verifies_every_replica_log_on_postgres(triton: Any, tmp_path: Path, pg_url: str) -> None:
+@pytest.fixture
+def own_pg_url() -> Any:
+    """A database of this test's own: ``--all-logs`` must see only the logs the test writes."""
+    from benches.bench_ledger import PG_ADMIN, postgres_db
+
+    with postgres_db(PG_ADMIN, "gateway_test") as url:
+        yield url
+
+
+def test_cli_verifies_every_replica_log_on_postgres(triton: Any, tmp_path: Path, own_pg_url: str) -> None:
     """With PostgreSQL shared by replicas, ``verify --all-logs`` checks each replica's log under its own pinned key."""
     import psycopg
 
+    pg_url = own_pg_url
     from ledger.log import Ledger, LedgerConfig
 
     cfg = _config_file(tmp_path, triton)
