@@ -2,9 +2,9 @@
 
 Overlapping findings (a URL inside an email address) are resolved first: the higher score wins,
 then the longer span, then the earlier one. Then each finding is replaced as its kind's operator
-says. (Presidio's anonymizer does the same, but importing it loads Presidio's analyzer and spaCy,
-about 1 s and 100 MB, into the gateway process, which only ever needs these string operations:
-analysis itself runs in the worker processes.)
+says. (Presidio's anonymizer does the same, but importing it loads Presidio's analyzer and spaCy into
+the gateway process, which only ever needs these string operations: analysis itself runs in the
+worker processes.)
 
 - ``replace``: ``<EMAIL_ADDRESS>``, or with pseudonyms ``<EMAIL_ADDRESS_1>``: the same value gets
   the same number within a request (``Vault``), so the model can still tell two people apart;
