@@ -23,6 +23,7 @@ from backends.base import Backend
 from backends.openai_http import OpenAIHTTPBackend
 from backends.triton import TritonBackend
 from gateway.api import admin, embeddings, generate, ledger, models
+from gateway.api import stats as stats_api
 from gateway.audit import AuditTrail
 from gateway.authz.files import PolicyFiles
 from gateway.authz.propagate import PolicyChannel
@@ -43,6 +44,7 @@ from gateway.routing import Router
 from gateway.security import Security, guard
 from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
 from gateway.state import Gateway, json_response, request_id
+from gateway.stats.service import StatsService
 from ledger.digest import load_or_create_key
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         vaults = VaultStore(settings.state_dir / "pii" / "vaults.sqlite3",
                             load_or_create_key(settings.state_dir / "pii" / "vault.key"))  # fmt: skip
         audit.record("routes.loaded", "gateway", _routes_entry(settings))
+        stats = StatsService(settings.ledger_store(), audit, lambda: policy.engine.files.privacy,
+                             lambda: stats_api.public_keys(settings, policy.engine))  # fmt: skip
         backends = backend_factory(settings)
         keys = APIKeyStore(settings.api_keys_db)
         jwks_http = None  # only a JWKS URL needs an HTTP client
@@ -191,7 +195,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
             security = Security(Authenticator(keys, jwt, audit), policy, audit, limiter)
             guard = PIIGuard(pii, redactor, audit, vaults)
-            app.state.gateway = Gateway(settings, Router(settings, backends), security, audit, guard)
+            app.state.gateway = Gateway(settings, Router(settings, backends), security, audit, guard, stats)
             yield
         finally:
             stop.set()
@@ -208,6 +212,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
                 await jwks_http.close()
             keys.close()
             vaults.close()
+            stats.close()
             for backend in backends.values():
                 await backend.aclose()
 
@@ -225,6 +230,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         Route("/admin/ledger/entries/{seq}/proof", guard("route:/admin/ledger/proof", "report", ledger.entry_proof),
               methods=["GET"]),
         # unauthenticated on purpose: probes carry no credentials and reveal nothing but liveness
+        Route("/admin/stats", guard("route:/admin/stats", "report", stats_api.stats), methods=["GET"]),
         Route("/healthz", models.healthz, methods=["GET"]),
         Route("/readyz", models.readyz, methods=["GET"]),
     ]  # fmt: skip

@@ -185,5 +185,22 @@ class RateLimited(GatewayError):
         super().__init__(message, headers={"retry-after": str(max(1, int(retry_after_s + 0.999)))})
 
 
+class BudgetExhausted(GatewayError):
+    """A statistics query would overspend the consumer's privacy budget; nothing was spent (429)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "privacy_budget_exhausted"
+
+    def __init__(self, message: str, *, remaining: dict[str, float], retry_after_s: float) -> None:
+        super().__init__(message, headers={"retry-after": str(max(1, int(retry_after_s + 0.999)))})
+        self.remaining = remaining
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["remaining_budget"] = self.remaining
+        return body
+
+
 class PolicyError(Exception):
     """A policy file is invalid: the message names the file, the line and the reason."""

@@ -17,7 +17,7 @@ from gateway.audit import AuditSink
 from gateway.authz.engine import Effective
 from gateway.authz.ratelimit import Limiter, LocalLimiter, Windows
 from gateway.authz.store import PolicyStore
-from gateway.errors import GatewayError, PermissionDenied
+from gateway.errors import GatewayError, PermissionDenied, RateLimited
 from gateway.identity.authenticate import Authenticator
 from gateway.identity.principal import Principal
 
@@ -57,6 +57,8 @@ class Security:
         engine = self.policy.engine
         d = engine.decide(principal, obj, act)
         data = {"object": obj, "action": act, "allowed": d.allowed, "rule": d.rule, "policy_version": engine.version}
+        if principal.owner:
+            data["owner"] = principal.owner  # the privacy unit of statistics (one owner, several keys)
         if d.allowed:
             self.audit.record("authz.decision", principal.subject, data)  # durable with the admission entry
             return
@@ -87,9 +89,17 @@ class Security:
                                        "for your roles", param="max_tokens")  # fmt: skip
             windows = await self.limiter.admit(principal.subject, model, limits)
         except GatewayError as exc:
-            await self.audit.commit("authz.limit", principal.subject, {"model": model, "refused": exc.message})
+            await self.audit.commit("authz.limit", principal.subject, {"model": model, "refused": exc.message,
+                                                                       "reason": _reason(exc)})  # fmt: skip
             raise
         return Admission(principal, limits, windows)
 
     async def charge(self, admission: Admission, tokens: int) -> None:
         await self.limiter.add_tokens(admission.windows, tokens)
+
+
+def _reason(exc: GatewayError) -> str:
+    """A stable reason code for a refused admission (statistics count denials by it)."""
+    if isinstance(exc, RateLimited):
+        return "rate_limit"
+    return exc.param if exc.param in ("stream", "max_tokens") else (exc.code or "other")

@@ -15,6 +15,7 @@ from gateway.pii.guard import PIIGuard
 from gateway.routing import Router
 from gateway.security import Security
 from gateway.settings import Settings
+from gateway.stats.service import StatsService
 
 REQUEST_ID = "gateway.request_id"
 
@@ -38,6 +39,7 @@ class Gateway:
     security: Security
     audit: AuditTrail
     pii: PIIGuard
+    stats: StatsService
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

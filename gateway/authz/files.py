@@ -9,7 +9,7 @@ reason, anything that is not exactly one of:
     g, <member>, <role>
 
 The folder holds ``model.conf``, ``policy.csv`` and/or ``policy.d/*.csv``, ``limits.yaml``,
-``pii.yaml`` (``gateway.pii.policy``) and ``tests.yaml``.
+``pii.yaml`` (``gateway.pii.policy``), ``privacy.yaml`` (``gateway.stats.policy``) and ``tests.yaml``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import PolicyError
 from gateway.pii.policy import PIIPolicy
+from gateway.stats.policy import PrivacyPolicy
 
 ACTIONS = frozenset({"infer", "embed", "read", "admin", "report", "*"})
 REQUEST = ["sub", "roles", "obj", "act"]
@@ -80,6 +81,7 @@ class PolicyFiles:
     groupings: list[list[str]]
     limits: Limits
     pii: PIIPolicy
+    privacy: PrivacyPolicy
     tests: tuple[PolicyTest, ...]
     digests: dict[str, str]
     """SHA-256 of each file, by path relative to the folder."""
@@ -192,5 +194,6 @@ def load(root: Path) -> PolicyFiles:
         raise PolicyError(f"{root}: the policy allows nothing (empty or truncated files?)")
     limits = _yaml(root / "limits.yaml", _read(root / "limits.yaml", root, digests), Limits)
     pii = _yaml(root / "pii.yaml", _read(root / "pii.yaml", root, digests), PIIPolicy)
+    privacy = _yaml(root / "privacy.yaml", _read(root / "privacy.yaml", root, digests), PrivacyPolicy)
     tests = _yaml(root / "tests.yaml", _read(root / "tests.yaml", root, digests), PolicyTests)
-    return PolicyFiles(model_text, rules, groupings, limits, pii, tests.tests, digests)
+    return PolicyFiles(model_text, rules, groupings, limits, pii, privacy, tests.tests, digests)

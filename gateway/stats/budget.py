@@ -13,15 +13,14 @@ gets the identical answer and spends nothing, so averaging repeats cannot wash o
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from gateway.stats._db import Database
 
 EPSILON_UNITS = 10**6  # micro-epsilon
 DELTA_UNITS = 10**18  # delta <= 1 fits in a signed 64-bit integer
@@ -35,7 +34,6 @@ _SCHEMA = (
     " answer TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (consumer, period, query_key))",
 )
 _ANSWER = "SELECT answer FROM dp_answers WHERE consumer = ? AND period = ? AND query_key = ?"
-_PG_LOCK = 0x44504244  # advisory lock serializing schema creation across replicas
 
 
 def units(value: float | int | Decimal | str, per: int, name: str) -> int:
@@ -99,48 +97,13 @@ class BudgetStore:
     """Budgets and released answers in an SQLite file (a path or ``sqlite:///path``) or ``postgresql://...``."""
 
     def __init__(self, url: str | Path) -> None:
-        text = str(url)
-        self._lock = threading.Lock()  # one connection: one transaction at a time from this object
-        self._pg = text.startswith(("postgresql://", "postgres://"))
-        if self._pg:
-            import psycopg
-
-            self._conn: Any = psycopg.connect(text, autocommit=True, connect_timeout=10)
-        else:
-            path = Path(text.removeprefix("sqlite://"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-        with self._transaction():
-            if self._pg:
-                self._execute("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK,))
-            for statement in _SCHEMA:
-                self._execute(statement)
+        self._db = Database(url, _SCHEMA)
+        self._execute = self._db.execute
+        self._transaction = self._db.transaction
 
     def close(self) -> None:
         """Release the connection."""
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction (SQLite takes the write lock up front, so check-and-spend cannot interleave)."""
-        with self._lock:
-            if self._pg:
-                with self._conn.transaction():
-                    yield
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        return self._conn.execute(sql.replace("?", "%s") if self._pg else sql, params)
+        self._db.close()
 
     def _spent(self, consumer: str, period: str) -> Usage:
         row = self._execute("SELECT epsilon, delta FROM dp_budget WHERE consumer = ? AND period = ?",
@@ -181,7 +144,7 @@ class BudgetStore:
 
     def spent(self, consumer: str, period: str) -> Usage:
         """What ``consumer`` has spent in ``period``."""
-        with self._lock:
+        with self._db.reading():
             return self._spent(consumer, period)
 
     def remaining(self, consumer: str, period: str, limit_epsilon: float, limit_delta: float) -> Usage:
@@ -191,7 +154,7 @@ class BudgetStore:
 
     def cached(self, consumer: str, period: str, query_key: str) -> dict[str, Any] | None:
         """The answer released earlier for this query in this period, or None."""
-        with self._lock:
+        with self._db.reading():
             row = self._execute(_ANSWER, (consumer, period, query_key)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 

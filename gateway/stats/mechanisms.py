@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 from opendp import accuracy, domains, measurements, measures, metrics, mod, transformations
 from opendp.mod import Measurement
 
@@ -105,6 +106,26 @@ def noisy_count(per_unit_counts: Sequence[int], max_per_unit: int, epsilon: floa
     return _laplace_sum([int(c) for c in per_unit_counts], 0, max_per_unit, epsilon, "count")
 
 
+def noisy_histogram(totals: Sequence[int], sensitivity: int, epsilon: float) -> Release:
+    """Discrete Laplace on every entry of a vector of integer totals (one per public group), at once.
+
+    ``sensitivity`` bounds the L1 distance one unit can move the whole vector (the caller bounded each unit's
+    contribution: for example at most K requests a day over D days, each counted in one group: K * D). The
+    scale is the smallest for which OpenDP's privacy map of ``make_laplace`` on ``l1_distance`` certifies
+    ``epsilon`` at ``d_in = sensitivity``, so the whole vector costs ``epsilon``, however many groups it has.
+    """
+    _check_epsilon(epsilon)
+    _check_bound(sensitivity)
+    space = (domains.vector_domain(domains.atom_domain(T="i64")), metrics.l1_distance(T="i64"))
+    meas, scale = _calibrate(lambda s: measurements.make_laplace(*space, scale=s), sensitivity, epsilon,
+                             sensitivity / epsilon)  # fmt: skip
+    values = meas([int(t) for t in totals]) if totals else []
+    half = float(accuracy.discrete_laplacian_scale_to_accuracy(scale, ALPHA))
+    return Release(value=tuple(float(v) for v in values), mechanism="discrete_laplace(histogram)", epsilon=epsilon,
+                   delta=0.0, sensitivity=float(sensitivity), bounds=(0.0, float(sensitivity)), scale=scale,
+                   accuracy=half)  # fmt: skip
+
+
 def noisy_sum(per_unit_sums: Sequence[float | int], lower: float, upper: float, epsilon: float) -> Release:
     """Laplace on the sum of per-unit sums clamped to [lower, upper] (discrete Laplace when all are integers).
 
@@ -135,8 +156,8 @@ def noisy_mean(
     count = noisy_count(per_unit_counts, max_per_unit, half)
     s, c = float(total.value), max(float(count.value), 1.0)  # type: ignore[arg-type]
     mean = s / c
-    s_half = _half_width(total, ALPHA / 2)
-    c_half = _half_width(count, ALPHA / 2)
+    s_half = half_width(total, ALPHA / 2)
+    c_half = half_width(count, ALPHA / 2)
     width: float | None = None
     if c - c_half > 0:
         corners = [(s + ds) / (c + dc) for ds in (-s_half, s_half) for dc in (-c_half, c_half)]
@@ -146,7 +167,7 @@ def noisy_mean(
                    parts=(total, count))  # fmt: skip
 
 
-def _half_width(release: Release, alpha: float) -> float:
+def half_width(release: Release, alpha: float) -> float:
     """The ``1 - alpha`` half-width of a Laplace or discrete Laplace release."""
     if release.mechanism.startswith("discrete_laplace"):
         return float(accuracy.discrete_laplacian_scale_to_accuracy(release.scale, alpha))
@@ -160,54 +181,79 @@ def noisy_quantiles(
     alphas: Sequence[float],
     epsilon: float,
 ) -> Release:
-    """OpenDP's quantile mechanism (scores of candidates, Gumbel report-noisy-max), epsilon split over alphas.
-
-    Each unit gives at most ``max_per_unit`` values (raises otherwise), so a unit moves the data by that many
-    records (``d_in = max_per_unit``). Each released quantile is one of ``candidates`` (strictly increasing,
-    for example every 10 ms up to a timeout): make the grid fine where the data is. ``accuracy`` is in ranks:
-    with probability >= 95% (union bound over alphas) every released candidate's rank error is at most that
-    much worse than the best candidate's, using scale <= 2 * max_per_unit * max(a, 1 - a) / epsilon_a in rank
-    units (the exponential mechanism's utility bound, Dwork & Roth Thm 3.11).
-    """
-    _check_epsilon(epsilon)
+    """OpenDP's quantile mechanism on values given per unit: each unit gives at most ``max_per_unit`` (raises
+    otherwise), so a unit moves the data by that many records. See ``private_quantiles``."""
     _check_bound(max_per_unit)
-    cands = [float(c) for c in candidates]
-    if len(cands) < 2 or any(b <= a for a, b in itertools.pairwise(cands)):
-        raise ValueError("candidates must be at least two strictly increasing values")
-    if not alphas or not all(0 < a < 1 for a in alphas):
-        raise ValueError("alphas must be a non-empty list of values in (0, 1)")
     data: list[float] = []
     for unit in values_per_unit:
         if len(unit) > max_per_unit:
             raise ValueError(f"a unit gave {len(unit)} values, more than max_per_unit={max_per_unit}")
         data.extend(float(v) for v in unit)
+    return private_quantiles([data], max_per_unit, candidates, alphas, epsilon)[0]
+
+
+def private_quantiles(
+    groups: Sequence[Sequence[float] | np.ndarray[Any, Any]],
+    d_in: int,
+    candidates: Sequence[float],
+    alphas: Sequence[float],
+    epsilon: float,
+) -> list[Release]:
+    """OpenDP's quantile mechanism (scores of candidates, Gumbel report-noisy-max), epsilon split over alphas,
+    on each of ``groups`` (disjoint datasets, such as the latencies of each model).
+
+    One unit adds or removes at most ``d_in`` records in all groups together. Each quantile's scale is the
+    smallest for which the privacy map at ONE record, times ``d_in``, is within its share of epsilon, and the
+    map is checked to be linear (map(d_in) == d_in * map(1)): so several releases on disjoint groups, among
+    which one unit's records are split, cost ``epsilon`` together (its records in all groups are at most d_in).
+    Each released quantile is one of ``candidates`` (strictly increasing; make the grid fine where the data
+    is). ``accuracy`` is in ranks: with probability >= 95% (union bound over alphas) every released
+    candidate's rank error is at most that much worse than the best candidate's, using scale <=
+    2 * d_in * max(a, 1 - a) / epsilon_a in rank units (the exponential mechanism's utility bound, Dwork & Roth
+    Thm 3.11).
+    """
+    _check_epsilon(epsilon)
+    _check_bound(d_in)
+    cands = [float(c) for c in candidates]
+    if len(cands) < 2 or any(b <= a for a, b in itertools.pairwise(cands)):
+        raise ValueError("candidates must be at least two strictly increasing values")
+    if not alphas or not all(0 < a < 1 for a in alphas):
+        raise ValueError("alphas must be a non-empty list of values in (0, 1)")
     each = epsilon / len(alphas)
     space = (domains.vector_domain(domains.atom_domain(T=float, nan=False)), metrics.symmetric_distance())
-    released, scales, rank_error = [], [], 0.0
+    measures_, scales, rank_error = [], [], 0.0
     for a in alphas:
 
         def make(scale: float, a: float = a) -> Measurement:
             return measurements.make_private_quantile(*space, measures.max_divergence(), cands, a, scale)
 
-        scale = float(mod.binary_search_param(make, d_in=max_per_unit, d_out=each))
+        scale = float(mod.binary_search_param(make, d_in=d_in, d_out=each))
         meas = make(scale)
-        if meas.map(max_per_unit) > each:  # pragma: no cover - OpenDP's search returns a passing value
-            raise RuntimeError("quantile scale search overshot epsilon")
-        released.append(float(meas(data)))
+        if meas.map(d_in) > each or meas.map(1) * d_in > each * (1 + 1e-12):  # pragma: no cover - OpenDP's maps
+            raise RuntimeError("quantile privacy map is not linear in d_in, or the scale search overshot")
+        measures_.append(meas)
         scales.append(scale)
-        rank_scale = 2 * max_per_unit * max(a, 1 - a) / each
+        rank_scale = 2 * d_in * max(a, 1 - a) / each
         rank_error = max(rank_error, rank_scale * math.log(len(cands) * len(alphas) / ALPHA))
-    return Release(value=tuple(released), mechanism="quantile_score_candidates+report_noisy_max_gumbel",
-                   epsilon=epsilon, delta=0.0, sensitivity=float(max_per_unit), bounds=(cands[0], cands[-1]),
-                   scale=max(scales), accuracy=rank_error, accuracy_unit="rank")  # fmt: skip
+    out = []
+    for data in groups:
+        values = np.asarray(data, dtype=np.float64)  # OpenDP takes a float64 array ~20x faster than a list
+        if not np.isfinite(values).all():
+            raise ValueError("quantile data must be finite numbers")
+        out.append(Release(value=tuple(float(m(values)) for m in measures_),
+                           mechanism="quantile_score_candidates+report_noisy_max_gumbel", epsilon=epsilon, delta=0.0,
+                           sensitivity=float(d_in), bounds=(cands[0], cands[-1]), scale=max(scales),
+                           accuracy=rank_error, accuracy_unit="rank"))  # fmt: skip
+    return out
 
 
 def partition_threshold(
-    max_per_unit: int, epsilon: float, delta: float, max_keys_per_unit: int = 1
+    max_per_unit: int, epsilon: float, delta: float, max_keys_per_unit: int = 1, l1: int | None = None
 ) -> tuple[float, int]:
-    """(scale, threshold) of Laplace partition selection: a unit in at most L keys, at most K in each.
+    """(scale, threshold) of Laplace partition selection: a unit in at most L keys, at most K in each, and
+    at most ``l1`` in all (default L*K).
 
-    The scale is L*K/epsilon (L1 sensitivity). The threshold is the smallest integer for which OpenDP's
+    The scale is l1/epsilon (L1 sensitivity). The threshold is the smallest integer for which OpenDP's
     privacy map of ``make_laplace_threshold`` at d_in = (L, L*K, K) gives at most ``delta``: close to the
     closed form K + scale * ln(L / (2 delta)) of Korolova et al. 2009 and Wilson et al. 2020, the chance
     that the noisy count of a key held by one unit alone clears the threshold.
@@ -217,7 +263,13 @@ def partition_threshold(
     _check_bound(max_keys_per_unit)
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), not {delta!r}")
-    d_in = (max_keys_per_unit, max_keys_per_unit * max_per_unit, max_per_unit)
+    if l1 is not None:
+        _check_bound(l1)
+    d_in = (
+        max_keys_per_unit,
+        min(l1 or max_keys_per_unit * max_per_unit, max_keys_per_unit * max_per_unit),
+        max_per_unit,
+    )
     _, scale = _calibrate(lambda s: _threshold(s, max_per_unit), d_in, epsilon, d_in[1] / epsilon, approx=True)
 
     def enough(t: int) -> bool:
@@ -248,6 +300,7 @@ def select_partitions(
     epsilon: float,
     delta: float,
     max_keys_per_unit: int = 1,
+    l1: int | None = None,
 ) -> set[str]:
     """The keys whose noisy count (per-unit counts clamped to [0, K], summed) clears ``partition_threshold``.
 
@@ -255,7 +308,7 @@ def select_partitions(
     ``max_keys_per_unit`` keys (the caller bounds this). The release is (epsilon, delta)-DP for a unit: a key
     that only a few units hold is dropped unless noise pushes it over, which happens with probability <= delta.
     """
-    scale, threshold = partition_threshold(max_per_unit, epsilon, delta, max_keys_per_unit)
+    scale, threshold = partition_threshold(max_per_unit, epsilon, delta, max_keys_per_unit, l1)
     totals = {key: sum(min(max(int(c), 0), max_per_unit) for c in counts) for key, counts in counts_by_key.items()}
     kept: dict[str, int] = _threshold(scale, threshold)({k: v for k, v in totals.items() if v > 0})
     return set(kept)
