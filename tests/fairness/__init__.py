@@ -1,0 +1,1 @@
+"""Tests of the fairness audits: metric definitions, bootstrap intervals, counterfactual probes."""
