@@ -100,7 +100,8 @@ def mixed(first_day: date, days: int, requests: int, callers: int, models: tuple
         caller = rnd.randrange(callers)
         roll = rnd.random()
         yield from traffic.request(
-            at, f"apikey:k{caller}", owner=f"owner{caller}", roles=("analyst", "user") if caller % 5 == 0 else ("user",),
+            at, f"apikey:k{caller}", owner=f"owner{caller}",
+            roles=("analyst", "user") if caller % 5 == 0 else ("user",),
             model=models[rnd.randrange(len(models))], route=routes[rnd.randrange(3)],
             outcome="error" if roll < 0.02 else "ok", status=502 if roll < 0.02 else 200, fallback=roll > 0.97,
             prompt_tokens=rnd.randrange(5, 2000), completion_tokens=rnd.randrange(1, 1000),

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``serve``, ``models``, ``certs``, ``keys``, ``policy`` and ``ledger``."""
+"""The ``gateway`` command: ``serve``, ``models``, ``certs``, ``keys``, ``policy``, ``ledger`` and ``stats``."""
 
 from __future__ import annotations
 
@@ -171,8 +171,10 @@ def keys_revoke(config_file: Path | None, key_id: str) -> None:
 
 def _register() -> None:
     from gateway.ledger_cli import ledger
+    from gateway.stats_cli import stats
 
     main.add_command(ledger)
+    main.add_command(stats)
 
 
 _register()

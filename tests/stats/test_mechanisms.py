@@ -16,10 +16,12 @@ import pytest
 
 from gateway.stats.mechanisms import (
     noisy_count,
+    noisy_histogram,
     noisy_mean,
     noisy_quantiles,
     noisy_sum,
     partition_threshold,
+    private_quantiles,
     select_partitions,
 )
 
@@ -189,3 +191,30 @@ def test_bad_parameters_are_refused(call: Callable[[], object], match: str) -> N
     """Invalid epsilon, bounds, candidates, alphas or delta raise ValueError before any release."""
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_histogram_noise_matches_the_scale_on_every_group() -> None:
+    """A histogram release certifies epsilon for the whole vector at scale sensitivity/epsilon, and each entry's
+    noise is discrete Laplace at that scale: mean |error| over N entries within 15% of E|X| (Chernoff)."""
+    truth = list(range(0, 500, 10))  # 50 groups
+    releases = [noisy_histogram(truth, 5, 0.5) for _ in range(N // len(truth))]
+    r = releases[0]
+    assert (r.mechanism, r.epsilon, r.delta, r.sensitivity, r.scale) == ("discrete_laplace(histogram)", 0.5, 0.0,
+                                                                          5.0, 10.0)  # fmt: skip
+    errors = [abs(v - t) for rel in releases for v, t in zip(rel.value, truth, strict=True)]  # type: ignore[arg-type]
+    p = math.exp(-1 / 10)
+    expected = 2 * p / (1 - p * p)
+    lams = [i / 1000 for i in range(-300, 95) if i]
+    assert chernoff(discrete_laplace_abs_log_mgf(10.0), 0.85 * expected, 1.15 * expected, len(errors), lams) < FAILURE
+    assert 0.85 * expected <= sum(errors) / len(errors) <= 1.15 * expected
+
+
+def test_quantiles_on_groups_share_one_calibration() -> None:
+    """Disjoint groups get one scale, calibrated for d_in records in all groups together; each lands near its
+    own median (the data is dense, so the rank error is small against the group sizes)."""
+    low = [float(v % 100) for v in range(5000)]  # median ~50
+    high = [1000.0 + v % 100 for v in range(5000)]  # median ~1050
+    grid = [float(v) for v in range(0, 1200, 5)]
+    a, b = private_quantiles([low, high], 2, grid, [0.5], 1.0)
+    assert a.scale == b.scale and a.sensitivity == 2.0
+    assert 35 <= a.value[0] <= 65 and 1035 <= b.value[0] <= 1065  # type: ignore[index]
