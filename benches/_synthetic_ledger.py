@@ -54,17 +54,17 @@ class Traffic:
                 model: str = "smollm2-135m-instruct", route: str = "/v1/chat/completions", outcome: str = "ok",
                 status: int = 200, fallback: bool = False, prompt_tokens: int | None = 10,
                 completion_tokens: int | None = 20, latency_ms: int = 100, pii_in: dict[str, int] | None = None,
-                pii_out: dict[str, int] | None = None) -> list[Event]:  # fmt: skip
-        """authz.decision (route, model), request.admitted and request.completed for one request."""
+                pii_out: dict[str, int] | None = None, decisions: bool = True) -> list[Event]:  # fmt: skip
+        """authz.decision (route, model) unless not ``decisions``, request.admitted and request.completed."""
         decision = {"action": "infer", "allowed": True, "rule": "p", "policy_version": 1}
         if owner:
             decision["owner"] = owner
-        events: list[Event] = [
-            (at, "authz.decision", subject, {**decision, "object": f"route:{route}"}),
-            (at, "authz.decision", subject, {**decision, "object": f"model:{model}"}),
-        ]
-        self._next()
-        self._next()
+        events: list[Event] = []
+        if decisions:
+            events += [(at, "authz.decision", subject, {**decision, "object": f"route:{route}"}),
+                       (at, "authz.decision", subject, {**decision, "object": f"model:{model}"})]  # fmt: skip
+            self._next()
+            self._next()
         admitted = self._next()
         rid = f"r{admitted}"
         data: dict[str, Any] = {"request_id": rid, "model": model, "roles": sorted(roles), "route": route}
@@ -89,7 +89,7 @@ class Traffic:
 
 
 def mixed(first_day: date, days: int, requests: int, callers: int, models: tuple[str, ...], seed: int = 7,
-          start_seq: int = 0) -> Iterator[Event]:  # fmt: skip
+          start_seq: int = 0, decisions: bool = True) -> Iterator[Event]:  # fmt: skip
     """``requests`` requests from ``callers`` callers over ``days`` days: several models, routes, outcomes."""
     rnd = random.Random(seed)
     traffic = Traffic(start_seq)
@@ -106,5 +106,5 @@ def mixed(first_day: date, days: int, requests: int, callers: int, models: tuple
             outcome="error" if roll < 0.02 else "ok", status=502 if roll < 0.02 else 200, fallback=roll > 0.97,
             prompt_tokens=rnd.randrange(5, 2000), completion_tokens=rnd.randrange(1, 1000),
             latency_ms=int(rnd.lognormvariate(5.5, 0.6)),
-            pii_in={"EMAIL_ADDRESS:replace": 1} if roll < 0.1 else None,
+            pii_in={"EMAIL_ADDRESS:replace": 1} if roll < 0.1 else None, decisions=decisions,
         )  # fmt: skip

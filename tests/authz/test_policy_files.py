@@ -72,6 +72,17 @@ N = GOOD.count("\n") + 1  # the number of a line appended to the good file
             "1 policy test(s) failed: x: expected deny, got allow",
         ),
         ("tests.yaml", "tests: []\n", "tests.yaml: tests"),
+        ("privacy.yaml", "budget: {}\n", "privacy.yaml: budget.default: Field required"),
+        ("privacy.yaml", "budget: {default: {epsilon: 0.1234567}}\n", "not a whole multiple of 1/1000000"),
+        ("privacy.yaml", "budget: {default: {epsilon: 1}}\nquery: {epsilon: 2, max_epsilon: 1}\n",
+         "epsilon (2.0) is above max_epsilon (1.0)"),
+        ("privacy.yaml", "budget: {default: {epsilon: 1}, period: year}\n", "privacy.yaml: budget.period"),
+        ("privacy.yaml", "budget: {default: {epsilon: 1}}\nbounds: {requests_per_day: 0}\n",
+         "privacy.yaml: bounds.requests_per_day"),
+        ("privacy.yaml", "budget: {default: {epsilon: 1}, roles: {role:analyst: {epsilon: 1}}}\n",
+         "roles are plain names"),
+        ("privacy.yaml", "budget: {default: {epsilon: 1}}\nlatency: {min_ms: 10, max_ms: 5}\n",
+         "max_ms (5) must be above min_ms (10)"),
     ],
 )
 def test_broken_files_are_rejected(folder: Path, name: str, content: str | bytes, expected: str) -> None:
