@@ -184,6 +184,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             jwks_http = aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=10))
         stop = asyncio.Event()
         watcher = asyncio.create_task(policy.watch(stop)) if settings.policy.watch else None
+        interval = settings.stats.index_interval_s
+        indexer = asyncio.create_task(stats.keep_up(interval, stop)) if interval > 0 else None
         limiter: Limiter = LocalLimiter()
         channel, listener = None, None
         if settings.redis is not None:  # shared rate limits, and policy changes told to the other replicas
@@ -199,9 +201,10 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             yield
         finally:
             stop.set()
-            if watcher is not None:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+            for task in (watcher, indexer):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if listener is not None:
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)

@@ -243,6 +243,14 @@ class PIISettings(_Frozen):
     """Findings of recently seen texts, keyed by an HMAC of the text (chat turns resend earlier messages)."""
 
 
+class StatsSettings(_Frozen):
+    """Differentially private statistics (budgets and bounds are policy: policies/privacy.yaml)."""
+
+    index_interval_s: float = Field(60.0, ge=0)
+    """How often the fact index catches up with the ledger in the background, so that a release only reads
+    what is new (0: only when a release asks). Indexing costs about 20 µs of CPU per ledger entry."""
+
+
 def _default_backends() -> dict[str, TritonBackendSettings | OpenAIBackendSettings]:
     return {"local": TritonBackendSettings(kind="triton", url="embedded")}
 
@@ -272,6 +280,7 @@ class Settings(BaseSettings):
     """None: each replica limits rates on its own (in process)."""
     ledger: LedgerSettings = LedgerSettings()
     pii: PIISettings = PIISettings()
+    stats: StatsSettings = StatsSettings()
 
     @model_validator(mode="after")
     def _references(self) -> Settings:

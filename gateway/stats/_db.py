@@ -43,8 +43,8 @@ class Database:
         with self.transaction():
             if self.pg:
                 self.execute("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK,))
-            for statement in schema:
-                self.execute(statement)
+            for statement in schema:  # {id}: an ascending integer key in either dialect
+                self.execute(statement.replace("{id}", "BIGSERIAL PRIMARY KEY" if self.pg else "INTEGER PRIMARY KEY"))
 
     def close(self) -> None:
         with self._lock:

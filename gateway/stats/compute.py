@@ -2,10 +2,11 @@
 
 The steps, for a query over D days:
 
-1. Aggregate in SQL only the facts within the bounds: a caller's first K requests (or denials) of each day,
-   tokens clamped per request, at most R roles per request, at most M kinds of personal data per request and
-   direction. One caller then moves the whole vector of group totals by at most the L1 sensitivity
-   (requests: K * D, times R when grouped by role; tokens: that times T; PII: K * D * M * 2).
+1. Aggregate (numpy, over the in-memory columns of ``columns.py``) only the facts within the bounds: a
+   caller's first K requests (or denials) of each day, tokens clamped per request, at most R roles per
+   request, at most M kinds of personal data per request and direction. One caller then moves the whole
+   vector of group totals by at most the L1 sensitivity (requests: K * D, times R when grouped by role;
+   tokens: that times T; PII: K * D * M * 2).
 2. Groups: every public key (configured models, the policy's roles, the API routes, the days, the denial
    reasons, the known kinds of personal data) is released, with noise, whether or not it has facts. A key
    that is not public (a role name that only an identity provider's token carried) is released only if it
@@ -28,6 +29,7 @@ import numpy as np
 
 from gateway.pii.policy import KNOWN_ENTITIES
 from gateway.stats import mechanisms
+from gateway.stats.columns import FactColumns
 from gateway.stats.facts import DENIAL_REASONS, FactIndex, day_number, day_of
 from gateway.stats.policy import PrivacyPolicy
 from gateway.stats.query import StatsQuery
@@ -84,40 +86,87 @@ def plan(query: StatsQuery, policy: PrivacyPolicy) -> Plan:
     return Plan(query.epsilon, delta, sensitivity, bounds, selection)
 
 
-def _sql(query: StatsQuery, policy: PrivacyPolicy, extra_dims: tuple[str, ...] = ()) -> tuple[str, list[Any]]:
+@dataclass
+class _Rows:
+    """The facts a query counts (within the bounds), with each one's codes per dimension and its value."""
+
+    codes: list[np.ndarray[Any, Any]]  # one int array per dimension (and the caller, when asked)
+    labels: list[list[Any] | None]  # code -> label, per dimension (None: the code is the value, as for days)
+    values: np.ndarray[Any, Any]  # tokens (clamped) or latency per fact; ones for counts
+
+
+def _rows(query: StatsQuery, policy: PrivacyPolicy, columns: FactColumns, with_unit: bool = False) -> _Rows:
+    """Select the facts of ``query``'s period within the per-caller bounds (vectorized over the columns)."""
     m, b = query.metric, policy.bounds
-    dims = [_COLUMN[d] for d in (*query.group_by, *extra_dims)]
-    days = [day_number(query.start), day_number(query.end)]
-    t = b.tokens_per_request
-    if m.table == "pii":
-        where, params = (
-            "FROM dp_pii WHERE day BETWEEN ? AND ? AND nth <= ? AND k <= ?",
-            [*days, b.requests_per_day, b.pii_entities_per_request],
-        )
-    elif m.table == "denial":
-        where, params = (
-            "FROM dp_facts WHERE kind = 'denial' AND day BETWEEN ? AND ? AND nth <= ?",
-            [*days, b.denials_per_day],
-        )
-    else:
-        where, params = (
-            "FROM dp_facts WHERE kind = 'request' AND day BETWEEN ? AND ? AND nth <= ?",
-            [*days, b.requests_per_day],
-        )
-        where += {"errors": " AND outcome = 'error'", "fallbacks": " AND fallback = 1",
-                  "tokens_per_request": " AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)",
-                  "latency_ms": " AND latency_ms IS NOT NULL"}.get(m.name, "")  # fmt: skip
-    tokens = {"tokens": "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)",
-              "tokens_per_request": "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)",
-              "prompt_tokens": "COALESCE(prompt_tokens, 0)",
-              "completion_tokens": "COALESCE(completion_tokens, 0)"}.get(m.name, "0")  # fmt: skip
-    value = f"SUM(CASE WHEN {tokens} > {t} THEN {t} WHEN {tokens} < 0 THEN 0 ELSE {tokens} END)"
+    table = {"request": columns.request, "denial": columns.denial, "pii": columns.pii}[m.table]
+    col = table.cols
+    per_day = {"denial": b.denials_per_day, "pii": b.requests_per_day}.get(m.table, b.requests_per_day)
     if m.kind == "quantiles":
-        value = "latency_ms"
-        dims.append("latency_ms")
-    select = ", ".join([*dims, "COUNT(*)", value if m.kind != "quantiles" else "0"])
-    group = f" GROUP BY {', '.join(dims)}" if dims else ""
-    return f"SELECT {select} {where}{group}", params
+        per_day = b.latency_samples_per_day
+    mask = (col["day"] >= day_number(query.start)) & (col["day"] <= day_number(query.end)) & (col["nth"] <= per_day)
+    if m.table == "pii":
+        mask &= col["k"] <= b.pii_entities_per_request
+    elif m.name == "errors":
+        mask &= col["outcome"] == table.codes["outcome"].index.get("error", -1)
+    elif m.name == "fallbacks":
+        mask &= col["fallback"] == 1
+    elif m.name == "tokens_per_request":
+        mask &= (col["prompt_tokens"] >= 0) | (col["completion_tokens"] >= 0)
+    elif m.name == "latency_ms":
+        mask &= col["latency_ms"] >= 0
+    values: np.ndarray[Any, Any]
+    if m.kind in ("sum", "mean"):
+        parts = {"tokens": ("prompt_tokens", "completion_tokens"), "tokens_per_request": ("prompt_tokens",
+                 "completion_tokens")}.get(m.name, (m.name,))  # fmt: skip
+        total = sum(np.maximum(col[p][mask], 0) for p in parts)
+        values = np.minimum(total, b.tokens_per_request)
+    elif m.kind == "quantiles":
+        values = col["latency_ms"][mask].astype(np.float64)
+    else:
+        values = np.ones(int(mask.sum()), dtype=np.int64)
+    codes, labels = [], []
+    for dim in (*query.group_by, *(("unit",) if with_unit else ())):
+        name = _COLUMN[dim]
+        codes.append(col[name][mask])
+        labels.append(None if name == "day" else table.codes[name].labels)
+    return _Rows(codes, labels, values)
+
+
+@dataclass
+class _Groups:
+    """The distinct combinations of codes among the selected facts, with counts and sums."""
+
+    labels: list[tuple[Any, ...]]  # per combination: the raw value of each dimension
+    counts: np.ndarray[Any, Any]
+    sums: np.ndarray[Any, Any]
+    inverse: np.ndarray[Any, Any]  # the combination of every selected fact
+
+
+def _group(rows: _Rows) -> _Groups:
+    """One integer key per fact (mixed radix over the dimensions), then unique and bincount."""
+    n = len(rows.values)
+    key = np.zeros(n, dtype=np.int64)
+    radices, offsets = [], []
+    for c in rows.codes:
+        lo, hi = (int(c.min()), int(c.max())) if n else (0, 0)
+        radices.append(hi - lo + 1)
+        offsets.append(lo)
+        key = key * (hi - lo + 1) + (c.astype(np.int64) - lo)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    if not rows.codes and n == 0:
+        uniq, inverse = np.zeros(1, dtype=np.int64), inverse
+    counts = np.bincount(inverse.reshape(-1), minlength=len(uniq))
+    sums = np.bincount(inverse.reshape(-1), weights=rows.values, minlength=len(uniq))
+    labels = []
+    for k in uniq.tolist():
+        codes = []
+        for r in reversed(radices):
+            k, c = divmod(k, r)
+            codes.append(c)
+        codes.reverse()
+        labels.append(tuple(off + c if names is None else names[off + c]
+                            for c, off, names in zip(codes, offsets, rows.labels, strict=True)))  # fmt: skip
+    return _Groups(labels, counts, sums, inverse.reshape(-1))
 
 
 def _label(dim: str, value: Any, public: PublicKeys) -> Any:
@@ -154,20 +203,21 @@ def _keys(row: tuple[Any, ...], dims: tuple[str, ...], public: PublicKeys, roles
 
 
 def release(query: StatsQuery, policy: PrivacyPolicy, index: FactIndex, public: PublicKeys) -> dict[str, Any]:
-    """The released answer to ``query``: noisy values per group and what was spent. Never a true value."""
+    """The released answer to ``query``: noisy values per group and what was spent. Never a true value.
+
+    The caller holds ``index.lock`` and has caught the index up."""
     p = plan(query, policy)
     dims, cap = query.group_by, policy.bounds.roles_per_request
-    sql, params = _sql(query, policy)
+    rows = _rows(query, policy, index.columns)
+    found = _group(rows)
     counts: dict[tuple[Any, ...], int] = defaultdict(int)
     sums: dict[tuple[Any, ...], int] = defaultdict(int)
-    latencies: dict[tuple[Any, ...], list[tuple[float, int]]] = defaultdict(list)
-    for row in index.rows(sql, params):
-        n, total = int(row[len(dims) + (1 if query.metric.kind == "quantiles" else 0)]), row[-1]
-        for key in _keys(row, dims, public, cap):
-            counts[key] += n
-            sums[key] += int(total or 0)
-            if query.metric.kind == "quantiles":
-                latencies[key].append((float(row[len(dims)]), n))
+    members: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for j, raw in enumerate(found.labels):
+        for key in _keys(raw, dims, public, cap):
+            counts[key] += int(found.counts[j])
+            sums[key] += int(found.sums[j])
+            members[key].append(j)
     keys = [tuple(k) for k in itertools.product(*(_domain(d, query, public) for d in dims))]
     eps_values = p.epsilon
     selected: list[tuple[Any, ...]] = []
@@ -179,8 +229,9 @@ def release(query: StatsQuery, policy: PrivacyPolicy, index: FactIndex, public: 
     kind = query.metric.kind
     if kind == "quantiles":
         alphas = policy.latency.quantiles
-        rel = mechanisms.private_quantiles([_expand(latencies.get(k, [])) for k in keys], p.sensitivity,
-                                           policy.latency.candidates(), alphas, eps_values)  # fmt: skip
+        per_combo = _split(rows.values, found)
+        data = [np.concatenate([per_combo[j] for j in members[k]]) if members.get(k) else np.empty(0) for k in keys]
+        rel = mechanisms.private_quantiles(data, p.sensitivity, policy.latency.candidates(), alphas, eps_values)
         for g, r in zip(groups, rel, strict=True):
             g["value"] = dict(zip((f"p{round(a * 100, 3):g}" for a in alphas), r.value, strict=True))  # type: ignore[arg-type]
         first = rel[0] if rel else None
@@ -214,12 +265,10 @@ def release(query: StatsQuery, policy: PrivacyPolicy, index: FactIndex, public: 
     }  # fmt: skip
 
 
-def _expand(pairs: list[tuple[float, int]]) -> np.ndarray[Any, Any]:
-    """The values, each repeated as often as it was seen (SQL returns distinct latencies with counts)."""
-    if not pairs:
-        return np.empty(0)
-    values, counts = zip(*pairs, strict=True)
-    return np.repeat(np.asarray(values, dtype=np.float64), np.asarray(counts, dtype=np.int64))
+def _split(values: np.ndarray[Any, Any], found: _Groups) -> list[np.ndarray[Any, Any]]:
+    """The values of each combination (one stable sort)."""
+    order = np.argsort(found.inverse, kind="stable")
+    return np.split(values[order], np.cumsum(found.counts)[:-1])
 
 
 def _mean(s: float, c: float, sr: mechanisms.Release, cr: mechanisms.Release) -> tuple[float | None, float | None]:
@@ -238,12 +287,12 @@ def _select(query: StatsQuery, policy: PrivacyPolicy, index: FactIndex, public: 
             public_keys: list[tuple[Any, ...]], p: Plan) -> list[tuple[Any, ...]]:  # fmt: skip
     """Non-public keys (roles no policy names) that pass partition selection: per-caller counts, thresholded."""
     dims, cap = query.group_by, policy.bounds.roles_per_request
-    sql, params = _sql(query, policy, extra_dims=("unit",))
+    found = _group(_rows(query, policy, index.columns, with_unit=True))
     known = set(public_keys)
     per_unit: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for row in index.rows(sql, params):
-        unit, n = row[len(dims)], int(row[len(dims) + 1])
-        for key in _keys(row, dims, public, cap):
+    for raw, n in zip(found.labels, found.counts.tolist(), strict=True):
+        unit = raw[-1]
+        for key in _keys(raw[:-1], dims, public, cap):
             if key not in known:
                 per_unit[key][unit] += n
     if not per_unit:

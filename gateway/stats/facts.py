@@ -22,6 +22,7 @@ index each entry exactly once (the advisory lock serializes them; the loser find
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -30,6 +31,7 @@ from typing import Any
 import orjson
 
 from gateway.stats._db import Database
+from gateway.stats.columns import FactColumns
 from ledger.store import Store, open_store
 
 _EPOCH = date(1970, 1, 1).toordinal()
@@ -37,24 +39,26 @@ _INDEX_LOCK = 0x44504658  # advisory lock of the indexer (PostgreSQL)
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS dp_cursor (log TEXT PRIMARY KEY, next_seq BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS dp_facts (log TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS dp_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dp_facts (id {id}, log TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL,"
     " day INTEGER NOT NULL, unit TEXT NOT NULL, nth INTEGER NOT NULL, model TEXT, route TEXT, roles TEXT,"
     " reason TEXT, outcome TEXT, status INTEGER, fallback INTEGER, prompt_tokens BIGINT,"
-    " completion_tokens BIGINT, latency_ms BIGINT, PRIMARY KEY (log, seq))",
+    " completion_tokens BIGINT, latency_ms BIGINT, change BIGINT NOT NULL, UNIQUE (log, seq))",
     "CREATE INDEX IF NOT EXISTS dp_facts_kind_day ON dp_facts (kind, day)",
-    "CREATE TABLE IF NOT EXISTS dp_pii (log TEXT NOT NULL, seq BIGINT NOT NULL, direction TEXT NOT NULL,"
+    "CREATE INDEX IF NOT EXISTS dp_facts_change ON dp_facts (change)",
+    "CREATE TABLE IF NOT EXISTS dp_pii (id {id}, log TEXT NOT NULL, seq BIGINT NOT NULL, direction TEXT NOT NULL,"
     " entity TEXT NOT NULL, k INTEGER NOT NULL, day INTEGER NOT NULL, nth INTEGER NOT NULL,"
-    " PRIMARY KEY (log, seq, direction, entity))",
-    "CREATE INDEX IF NOT EXISTS dp_pii_day ON dp_pii (day)",
+    " UNIQUE (log, seq, direction, entity))",
     "CREATE TABLE IF NOT EXISTS dp_units (subject TEXT PRIMARY KEY, unit TEXT NOT NULL)",
 )
 
 _FACT_COLUMNS = ("log", "seq", "kind", "day", "unit", "nth", "model", "route", "roles", "reason", "outcome",
-                 "status", "fallback", "prompt_tokens", "completion_tokens", "latency_ms")  # fmt: skip
+                 "status", "fallback", "prompt_tokens", "completion_tokens", "latency_ms", "change")  # fmt: skip
 _INSERT_FACT = f"INSERT INTO dp_facts ({', '.join(_FACT_COLUMNS)}) VALUES ({', '.join('?' * len(_FACT_COLUMNS))})"
 _INSERT_PII = "INSERT INTO dp_pii (log, seq, direction, entity, k, day, nth) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _COMPLETE = ("UPDATE dp_facts SET outcome = ?, status = ?, fallback = ?, prompt_tokens = ?, completion_tokens = ?,"
-             " latency_ms = ?, model = COALESCE(model, ?) WHERE log = ? AND seq = ? AND kind = 'request'")  # fmt: skip
+             " latency_ms = ?, model = COALESCE(model, ?), change = ?"
+             " WHERE log = ? AND seq = ? AND kind = 'request'")  # fmt: skip
 
 DENIAL_REASONS = ("route_denied", "model_denied", "rate_limit", "max_tokens", "stream", "pii_blocked",
                   "pii_unavailable", "other")  # fmt: skip
@@ -118,19 +122,34 @@ class FactIndex:
         self._counters: dict[tuple[str, str, int], int] = {}
         self._loaded: set[tuple[str, int]] = set()
         self._units: dict[str, str] = {}
+        self.columns = FactColumns()
+        self._store: Store | None = None
+        self.lock = threading.Lock()
+        """Held by a release while it catches up and reads the columns (they change on refresh)."""
 
     def catch_up(self, batch_entries: int = 50_000) -> int:
-        """Index every entry appended since the last call (any replica's); returns how many were read."""
-        store = open_store(self._ledger_url)
+        """Index every entry appended since the last call (any replica's) and refresh the in-memory columns;
+        returns how many entries were read."""
+        if self._store is None:  # kept open: a PostgreSQL connection costs tens of milliseconds
+            self._store = open_store(self._ledger_url)
         try:
             total = 0
             while True:
-                done = self._one_batch(store, batch_entries)
+                done = self._one_batch(self._store, batch_entries)
                 total += done
                 if done < batch_entries:
-                    return total
-        finally:
-            store.close()
+                    break
+        except Exception:
+            self.close()  # a broken connection is opened afresh next time
+            raise
+        self.columns.refresh(self._db)
+        return total
+
+    def close(self) -> None:
+        """Close the ledger store connection (the fact tables' connection belongs to the caller)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _one_batch(self, store: Store, limit: int) -> int:
         with self._db.transaction(lock_key=_INDEX_LOCK):
@@ -188,7 +207,7 @@ class FactIndex:
                 fact[6] = fact[6] or data.get("model")
                 batch.pii.extend((log, admitted, "answer", e, k, fact[3], fact[5]) for k, e in enumerate(entities, 1))
             else:
-                batch.completions.append((*done, data.get("model"), log, admitted))
+                batch.completions.append((*done, data.get("model"), log, admitted))  # change added at write
                 if entities:
                     batch.late_pii.append((log, admitted, entities))
         else:
@@ -202,8 +221,16 @@ class FactIndex:
 
     def _write(self, batch: _Batch, before: dict[str, int]) -> None:
         db = self._db
-        db.executemany(_INSERT_FACT, list(batch.facts.values()))
-        db.executemany(_COMPLETE, batch.completions)
+        if not batch.cursors:
+            return
+        row = db.execute("SELECT value FROM dp_meta WHERE name = 'change'").fetchone()
+        change = 1 + (0 if row is None else int(row[0]))  # stamps what this batch inserts or completes
+        if row is None:
+            db.execute("INSERT INTO dp_meta (name, value) VALUES ('change', ?)", (change,))
+        else:
+            db.execute("UPDATE dp_meta SET value = ? WHERE name = 'change'", (change,))
+        db.executemany(_INSERT_FACT, [[*f, change] for f in batch.facts.values()])
+        db.executemany(_COMPLETE, [(*c[:7], change, *c[7:]) for c in batch.completions])
         for log, admitted, entities in batch.late_pii:
             row = db.execute("SELECT day, nth FROM dp_facts WHERE log = ? AND seq = ? AND kind = 'request'",
                              (log, admitted)).fetchone()  # fmt: skip

@@ -15,7 +15,9 @@ A failure after the spend keeps the spend: the budget errs on the side of privac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, time
 from typing import Any
@@ -31,6 +33,8 @@ from gateway.stats.budget import BudgetStore, Refused, Usage
 from gateway.stats.facts import SCHEMA, FactIndex
 from gateway.stats.policy import Budget, PrivacyPolicy, period_end, period_of
 from gateway.stats.query import StatsQuery
+
+log = logging.getLogger(__name__)
 
 
 def _usage(u: Usage) -> dict[str, float]:
@@ -50,6 +54,8 @@ class StatsService:
         self._inflight: dict[tuple[str, str, str], tuple[asyncio.Lock, int]] = {}
 
     def close(self) -> None:
+        with self.index.lock:
+            self.index.close()
         self._budget.close()
         self._db.close()
 
@@ -108,9 +114,25 @@ class StatsService:
         spent = {"spent_now": _usage(spend.spent), "remaining": _usage(spend.remaining)}
         return {**stored, "cached": stored != answer, "budget": {**budget, **spent}}
 
+    def catch_up(self) -> int:
+        """Index what the ledger holds beyond the cursor (the background task calls this)."""
+        with self.index.lock:
+            return self.index.catch_up()
+
+    async def keep_up(self, interval_s: float, stop: asyncio.Event) -> None:
+        """Catch up every ``interval_s`` until ``stop``; a failure is logged and retried at the next tick."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.catch_up)
+            except Exception:  # the release path catches up (and fails loudly) on its own
+                log.exception("statistics index: catching up with the ledger failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+
     def _compute(self, query: StatsQuery, policy: PrivacyPolicy) -> dict[str, Any]:
-        self.index.catch_up()
-        return compute.release(query, policy, self.index, self._public())
+        with self.index.lock:  # one release at a time reads the columns while nothing refreshes them
+            self.index.catch_up()
+            return compute.release(query, policy, self.index, self._public())
 
     def budget(self, principal: Principal, roles: frozenset[str], now: datetime | None = None) -> dict[str, Any]:
         """What the consumer has left this period."""

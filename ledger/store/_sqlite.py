@@ -118,7 +118,7 @@ class SQLiteStore:
         return [json.loads(r[0]) for r in rows]
 
     def logs(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT log FROM ledger_entries ORDER BY log")]
+        return [r[0] for r in self._db.execute(_LOGS)]
 
     def close(self) -> None:
         self._db.close()
@@ -150,3 +150,10 @@ def _blob(value: object) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     return str(value).encode()
+
+
+_LOGS = (  # a loose index scan: one probe of the (log, seq) key per log, not a pass over every entry
+    "WITH RECURSIVE l(log) AS (SELECT MIN(log) FROM ledger_entries UNION ALL"
+    " SELECT (SELECT MIN(log) FROM ledger_entries WHERE log > l.log) FROM l WHERE l.log IS NOT NULL)"
+    " SELECT log FROM l WHERE log IS NOT NULL"
+)
