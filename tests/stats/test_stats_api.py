@@ -190,3 +190,25 @@ def test_stats_export_writes_csv_and_json_through_a_running_gateway(live, tmp_pa
     assert bad.exit_code == 1 and "400: metric must be one of" in bad.output
     user = CliRunner().invoke(main, [*args[:6], "--api-key", new_key(server.settings, "user"), *args[8:]])
     assert user.exit_code == 1 and "403: permission denied: report on route:/admin/stats" in user.output
+
+
+async def test_the_fact_index_keeps_up_in_the_background(triton, tmp_path: Path) -> None:
+    """With stats.index_interval_s set, facts follow the ledger without any release asking."""
+    from tests.conftest import wait_for
+
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    with (folder / "policy.csv").open("a") as f:
+        f.write("p, role:user, model:echo*, infer, allow\n")
+    settings = make_settings(triton, tmp_path, policy={"dir": folder, "watch": False},
+                             stats={"index_interval_s": 0.1})  # fmt: skip
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), _client(app, new_key(settings, "user", owner="dan")) as user:
+        assert (await user.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        index = app.state.gateway.stats.index
+
+        def indexed() -> bool:
+            rows = index.rows("SELECT unit, outcome FROM dp_facts WHERE kind = 'request'", ())
+            return rows == [("dan", "ok")]
+
+        await wait_for(indexed, 30, "the background indexer to index the request and its completion")
