@@ -322,3 +322,48 @@ def test_the_same_query_at_once_spends_once(ledger: Ledger) -> None:
     assert sorted(a["cached"] for a in answers) == [False, True, True, True, True]
     assert [k for k, _, _ in audit.entries].count("stats.released") == 1
     svc.close()
+
+
+def test_replicas_sharing_postgresql_index_each_entry_once_and_share_the_budget() -> None:
+    """Two replicas (two indexes, two services) on one PostgreSQL database: catching up at the same time
+    indexes every entry once; facts one replica indexed reach the other's memory; the budget is shared."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benches.bench_ledger import PG_ADMIN, postgres_db
+
+    with postgres_db(PG_ADMIN, "gateway_test_stats") as url:
+        ta, tb = Traffic(), Traffic()
+        write(url, "gw/a", [e for i in range(30) for e in ta.request(at(DAY, i), f"user:a{i % 4}")])
+        write(url, "gw/b", [e for i in range(20) for e in tb.request(at(DAY, i), f"user:b{i % 4}")])
+        dbs = [Database(url, SCHEMA) for _ in range(2)]
+        indexes = [FactIndex(db, url) for db in dbs]
+        with ThreadPoolExecutor(2) as pool:
+            read = list(pool.map(lambda ix: ix.catch_up(batch_entries=7), indexes))
+        assert sum(read) == 4 * 50  # every entry read by exactly one of them
+        assert indexes[0].rows("SELECT COUNT(*), COUNT(outcome) FROM dp_facts", ()) == [(50, 50)]
+        assert len(indexes[0].columns.request) == len(indexes[1].columns.request) == 50
+        write(url, "gw/b", tb.request(at(DAY, 99), "user:late"))
+        assert indexes[1].catch_up() == 4 and indexes[0].catch_up() == 0
+        assert len(indexes[0].columns.request) == 51  # indexed by the other replica, refreshed by change number
+        for ix in indexes:
+            ix.close()
+        audit, pol = Audit(), policy(budget={"default": {"epsilon": 0.5, "delta": 0.0}})
+        services = [service_at(url, audit, pol), service_at(url, audit, pol)]
+        erin = Principal("user:erin", "user", frozenset(), "erin")
+
+        async def run() -> list[Any]:
+            return await asyncio.gather(*(services[i % 2].release(erin, frozenset(), {
+                "metric": "requests", "from": "2026-11-01", "to": f"2026-11-0{i + 1}"}, now=NOW)
+                for i in range(4)), return_exceptions=True)  # fmt: skip
+
+        results = asyncio.run(run())
+        assert sum(isinstance(r, dict) for r in results) == 1
+        assert sum(isinstance(r, BudgetExhausted) for r in results) == 3
+        for s in services:
+            s.close()
+        for db in dbs:
+            db.close()
+
+
+def service_at(url: str, audit: Audit, pol: PrivacyPolicy) -> StatsService:
+    return StatsService(url, audit, lambda: pol, lambda: PUBLIC)  # type: ignore[arg-type]
