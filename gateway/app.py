@@ -15,6 +15,7 @@ import aiohttp
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,6 +24,7 @@ from backends.base import Backend
 from backends.openai_http import OpenAIHTTPBackend
 from backends.triton import TritonBackend
 from gateway.api import admin, embeddings, generate, ledger, models
+from gateway.api import metrics as metrics_api
 from gateway.api import stats as stats_api
 from gateway.audit import AuditTrail
 from gateway.authz.files import PolicyFiles
@@ -34,6 +36,9 @@ from gateway.errors import ConfigError, GatewayError, InternalError, MethodNotAl
 from gateway.identity.apikeys import APIKeyStore
 from gateway.identity.authenticate import Authenticator
 from gateway.identity.jwt import JWTVerifier
+from gateway.observability.metrics import Metrics
+from gateway.observability.middleware import ERROR_CODE, Instrumented
+from gateway.observability.triton import TritonScraper
 from gateway.pii.engine import PIIUnavailable
 from gateway.pii.guard import Analyzer, PIIGuard
 from gateway.pii.policy import check_profile
@@ -78,6 +83,7 @@ def _redis(cfg: RedisSettings) -> Redis:
 
 def _error_response(request: Request, exc: GatewayError) -> Response:
     headers = {"x-request-id": request_id(request.scope), **exc.headers}
+    request.scope[ERROR_CODE] = exc.code or exc.type
     return json_response(exc.body(), status=exc.status, headers=headers)
 
 
@@ -99,7 +105,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     rid = request_id(request.scope)
-    log.exception("unexpected error in request %s", rid)
+    log.exception("unexpected error in request %s", rid, extra={"request_id": rid})
     return _error_response(request, InternalError(f"internal error; request id {rid}"))
 
 
@@ -153,6 +159,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
     ``analyzer`` shares a running PII analyzer (tests start one per session); by default the app starts its
     own worker processes.
     """
+    metrics = Metrics(settings.models)  # per app: tests run many apps in one process
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -178,6 +185,9 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         stats = StatsService(settings.ledger_store(), audit, lambda: policy.engine.files.privacy,
                              lambda: stats_api.public_keys(settings, policy.engine))  # fmt: skip
         backends = backend_factory(settings)
+        audit.observe = metrics.audit_event
+        triton = TritonScraper(settings)
+        metrics.collector.bind(audit, triton)
         keys = APIKeyStore(settings.api_keys_db)
         jwks_http = None  # only a JWKS URL needs an HTTP client
         if settings.auth.jwt is not None and settings.auth.jwt.jwks_url is not None:
@@ -197,10 +207,13 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
             security = Security(Authenticator(keys, jwt, audit), policy, audit, limiter)
             guard = PIIGuard(pii, redactor, audit, vaults)
-            app.state.gateway = Gateway(settings, Router(settings, backends), security, audit, guard, stats)
+            app.state.gateway = Gateway(settings, Router(settings, backends), security, audit, guard, stats, metrics)
             yield
         finally:
             stop.set()
+            metrics.collector.bind(None, None)
+            audit.observe = None
+            await triton.aclose()
             for task in (watcher, indexer):
                 if task is not None:
                     task.cancel()
@@ -234,12 +247,14 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
               methods=["GET"]),
         # unauthenticated on purpose: probes carry no credentials and reveal nothing but liveness
         Route("/admin/stats", guard("route:/admin/stats", "report", stats_api.stats), methods=["GET"]),
+        Route("/metrics", guard("route:/metrics", "read", metrics_api.metrics), methods=["GET"]),
         Route("/healthz", models.healthz, methods=["GET"]),
         Route("/readyz", models.readyz, methods=["GET"]),
     ]  # fmt: skip
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(Instrumented, metrics=metrics)],
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.errors import AuditUnavailable, InternalError
@@ -60,6 +62,8 @@ class AuditTrail:
         self.digester = BodyDigester(load_or_create_key(key_path))
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.observe: Callable[[str, str, dict[str, Any], float | None], None] | None = None
+        """Told of every entry appended (kind, actor, data, seconds waited until durable): the metrics."""
 
     @classmethod
     async def open(cls, settings: Settings, anchorer_factory: Any = None) -> AuditTrail:
@@ -90,6 +94,8 @@ class AuditTrail:
     def record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         try:
             self.ledger.record(kind, actor, data)
+            if self.observe is not None:
+                self.observe(kind, actor, data, None)
         except LedgerUnavailable as exc:
             raise AuditUnavailable(f"the audit ledger cannot record: {exc}") from None
         except EntryError:
@@ -98,7 +104,11 @@ class AuditTrail:
 
     async def commit(self, kind: str, actor: str, data: dict[str, Any]) -> int:
         try:
-            return await self.ledger.commit(kind, actor, data)
+            started = time.perf_counter()
+            seq = await self.ledger.commit(kind, actor, data)
+            if self.observe is not None:
+                self.observe(kind, actor, data, time.perf_counter() - started)
+            return seq
         except LedgerUnavailable as exc:
             raise AuditUnavailable(f"the audit ledger cannot record: {exc}") from None
         except EntryError:

@@ -64,6 +64,9 @@ class TritonBackendSettings(_Frozen):
     """Deadline for a whole generation."""
     connect_timeout_s: float = Field(5.0, gt=0)
     """Deadline for health and metadata calls."""
+    metrics_url: str | None = "auto"
+    """Triton's Prometheus endpoint, read for GPU and queue metrics (``/metrics``, alerts). ``auto``: the gRPC host
+    on port 8002 (``embedded``: local_triton.metrics_port); null: not read."""
 
 
 class OpenAIBackendSettings(_Frozen):
@@ -251,6 +254,39 @@ class StatsSettings(_Frozen):
     what is new (0: only when a release asks). Indexing costs about 20 µs of CPU per ledger entry."""
 
 
+class MetricsSettings(_Frozen):
+    """``GET /metrics`` (Prometheus text format; Casbin action ``read`` on ``route:/metrics``)."""
+
+    triton_timeout_s: float = Field(2.0, gt=0)
+    """Deadline for reading a Triton server's own metrics endpoint."""
+    triton_max_age_s: float = Field(5.0, ge=0)
+    """A reading of Triton's metrics this recent is reused (scrapes from several Prometheus servers)."""
+
+
+class AlertSettings(_Frozen):
+    """The gateway's own evaluation of ``policies/alerts.yaml`` (docs/operations.md)."""
+
+    enabled: bool = True
+    interval_s: float = Field(15.0, gt=0)
+    """How often the rules are evaluated."""
+    webhook_url: str | None = None
+    """POSTed an Alertmanager-style JSON message on every firing and resolved alert."""
+    webhook_token: SecretStr | None = None
+    """Sent as ``Authorization: Bearer`` to the webhook."""
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_retries: int = Field(3, ge=0, le=10)
+    """Retries after a failed delivery (connection error, 408, 429 or 5xx), with doubling backoff."""
+    webhook_backoff_s: float = Field(1.0, ge=0)
+
+
+class LoggingSettings(_Frozen):
+    """Logs of ``gateway serve`` on stderr."""
+
+    format: Literal["json", "text"] = "json"
+    """``json``: one object per line (ts, level, logger, message, request_id). ``text``: for a terminal."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 def _default_backends() -> dict[str, TritonBackendSettings | OpenAIBackendSettings]:
     return {"local": TritonBackendSettings(kind="triton", url="embedded")}
 
@@ -281,6 +317,9 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = LedgerSettings()
     pii: PIISettings = PIISettings()
     stats: StatsSettings = StatsSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    alerts: AlertSettings = AlertSettings()
+    logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")
     def _references(self) -> Settings:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.audit import AuditTrail
+from gateway.observability.metrics import Metrics
 from gateway.pii.guard import PIIGuard
 from gateway.routing import Router
 from gateway.security import Security
@@ -40,6 +41,7 @@ class Gateway:
     audit: AuditTrail
     pii: PIIGuard
     stats: StatsService
+    metrics: Metrics
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

@@ -83,6 +83,7 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
     except GatewayError as exc:
         ticket.close("error", status=exc.status)
         raise
+    ticket.delta(answer.first)
     headers = gw.answer_headers(request, answer.resolved.route.name, answer.fallback_used)
     rid = render.new_id(shape)
     if gen.stream:
@@ -96,7 +97,7 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
         pieces: list[str] = []
         extra: dict[str, Any] = {}
         finish = None
-        async for delta in _chain(answer):
+        async for delta in _chain(answer, ticket):
             pieces.append(delta.text)
             if delta.extra:
                 extra.update(delta.extra)
@@ -118,10 +119,11 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
     return json_response(obj, headers=headers)
 
 
-async def _chain(answer: Answer) -> AsyncIterator[Any]:
+async def _chain(answer: Answer, ticket: Ticket) -> AsyncIterator[Any]:
+    """The answer's deltas, each noted on the ticket (the first one already is)."""
     yield answer.first
     async for delta in answer.rest:
-        yield delta
+        yield ticket.delta(delta)
 
 
 IDLE_FLUSH_S = 0.25
@@ -136,7 +138,7 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
     first = True
     sent: list[str] = []
     outcome, status = "cancelled", 499  # the client went away, unless the stream ends or fails
-    timed = chunks_with_timer(_chain(answer), IDLE_FLUSH_S)
+    timed = chunks_with_timer(_chain(answer, ticket), IDLE_FLUSH_S)
     try:
         async for delta in timed:
             if delta is None:  # the upstream is quiet: release what is already safe

@@ -34,4 +34,5 @@ async def stats(request: Request) -> Response:
     if len(params) != len(items):
         raise InvalidRequest("a parameter is given twice")
     answer = await gw.stats.release(principal, roles, params)
+    gw.metrics.dp_answered(principal.subject, answer["budget"], cached=bool(answer.get("cached")))
     return json_response({"object": "stats.release", **answer})

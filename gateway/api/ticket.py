@@ -3,7 +3,8 @@
 ``admit`` writes ``request.admitted`` and waits until it is durable, so no request reaches a
 backend without a durable trace. ``Ticket.close`` queues ``request.completed`` with the outcome,
 the served model, token counts, latency and a keyed digest of the response; the bodies
-themselves are never stored.
+themselves are never stored. The same moment updates the model metrics (``gateway.observability``):
+time to first token and inter-token latency come from the times the generation path notes on the ticket.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from backends.base import Usage
+from backends.base import Delta, Usage
 from gateway.api.body import RAW_BODY
+from gateway.observability.middleware import STARTED
 from gateway.security import Admission
 from gateway.state import Gateway, request_id
 
@@ -26,8 +28,31 @@ class Ticket:
     subject: str
     request_id: str
     seq: int
+    model: str = ""
+    """The model asked for (the answer may come from its fallback)."""
+    arrived: float | None = None
+    """When the request arrived (``time.perf_counter``), for time to first token."""
     started: float = field(default_factory=time.perf_counter)
     closed: bool = False
+    first_at: float | None = None
+    last_at: float | None = None
+    deltas: int = 0
+    refused: bool = False
+
+    def delta(self, delta: Delta) -> Delta:
+        """Count a generated delta (time is taken at the first and the last only: this runs per token)."""
+        self.deltas += 1
+        if self.first_at is None or delta.finish_reason is not None or delta.extra:
+            self._note(delta)
+        return delta
+
+    def _note(self, delta: Delta) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        if delta.finish_reason is not None:
+            self.last_at = time.perf_counter()
+        if delta.finish_reason == "content_filter" or (delta.extra and delta.extra.get("refusal")):
+            self.refused = True
 
     def close(self, outcome: str, *, status: int = 200, model: str | None = None, fallback_used: bool = False,
               usage: Usage | None = None, response: bytes | None = None,
@@ -51,6 +76,13 @@ class Ticket:
         if pii:
             data["pii"] = pii  # counts per kind and operator in the answer; never values
         self.gw.audit.record("request.completed", self.subject, data)
+        first, n = self.first_at, self.deltas
+        last = self.last_at or time.perf_counter()  # no finish delta: the stream was cut
+        self.gw.metrics.model_done(
+            self.model, model, outcome, fallback=fallback_used, usage=usage, refused=self.refused,
+            ttft_s=first - self.arrived if first is not None and self.arrived is not None else None,
+            itl_s=(last - first) / (n - 1) if first is not None and n > 1 else None,
+        )  # fmt: skip
 
 
 async def admit(request: Request, gw: Gateway, adm: Admission, model: str, **details: Any) -> Ticket:
@@ -59,4 +91,4 @@ async def admit(request: Request, gw: Gateway, adm: Admission, model: str, **det
     data = {"request_id": rid, "model": model, "roles": sorted(adm.principal.roles), **details,
             "request_digest": gw.audit.digest(request.scope.get(RAW_BODY, b""))}  # fmt: skip
     seq = await gw.audit.commit("request.admitted", adm.principal.subject, data)
-    return Ticket(gw, adm.principal.subject, rid, seq)
+    return Ticket(gw, adm.principal.subject, rid, seq, model, request.scope.get(STARTED))
