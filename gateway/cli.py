@@ -1,4 +1,5 @@
-"""The ``gateway`` command: ``serve``, ``models``, ``certs``, ``keys``, ``policy``, ``ledger`` and ``stats``."""
+"""The ``gateway`` command: ``serve``, ``models``, ``certs``, ``keys``, ``policy``, ``ledger``, ``stats`` and
+``fairness``."""
 
 from __future__ import annotations
 
@@ -170,11 +171,13 @@ def keys_revoke(config_file: Path | None, key_id: str) -> None:
 
 
 def _register() -> None:
+    from gateway.fairness_cli import fairness
     from gateway.ledger_cli import ledger
     from gateway.stats_cli import stats
 
     main.add_command(ledger)
     main.add_command(stats)
+    main.add_command(fairness)
 
 
 _register()
@@ -191,7 +194,7 @@ _policy_dir = click.argument("directory", required=False, type=click.Path(path_t
 @policy.command("check")
 @_policy_dir
 def policy_check(directory: Path | None) -> None:
-    """Validate model.conf, the policy CSV files, limits.yaml and tests.yaml."""
+    """Validate model.conf, the policy CSV files, the YAML files and the probe sets in fairness/."""
     from gateway.authz import files
     from gateway.authz.engine import PolicyEngine
     from gateway.errors import PolicyError
@@ -202,8 +205,8 @@ def policy_check(directory: Path | None) -> None:
         PolicyEngine(loaded, 1)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{root}: OK: {len(loaded.rules)} rules, {len(loaded.groupings)} role links, "
-               f"{len(loaded.tests)} tests; digest {loaded.digest[:16]}")  # fmt: skip
+    click.echo(f"{root}: OK: {len(loaded.rules)} rules, {len(loaded.groupings)} role links, {len(loaded.tests)} "
+               f"tests, {len(loaded.fairness)} probe sets; digest {loaded.digest[:16]}")  # fmt: skip
 
 
 @policy.command("test")

@@ -36,6 +36,22 @@ def guard(obj: str, act: str, endpoint: Endpoint) -> Endpoint:
     return guarded
 
 
+async def authorize(policy: PolicyStore, audit: AuditSink, principal: Principal, obj: str, act: str) -> None:
+    """Decide ``act`` on ``obj`` for ``principal`` and record the decision; PermissionDenied unless allowed.
+
+    Also used by callers inside the gateway that no HTTP request carries (the fairness auditor)."""
+    engine = policy.engine
+    d = engine.decide(principal, obj, act)
+    data = {"object": obj, "action": act, "allowed": d.allowed, "rule": d.rule, "policy_version": engine.version}
+    if principal.owner:
+        data["owner"] = principal.owner  # the privacy unit of statistics (one owner, several keys)
+    if d.allowed:
+        audit.record("authz.decision", principal.subject, data)  # durable with the admission entry
+        return
+    await audit.commit("authz.decision", principal.subject, data)
+    raise PermissionDenied(f"permission denied: {act} on {obj}")
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What a request was admitted with: its limits, and the rate windows to charge tokens to."""
@@ -54,16 +70,7 @@ class Security:
         self.limiter: Limiter = LocalLimiter() if limiter is None else limiter
 
     async def _check(self, principal: Principal, obj: str, act: str) -> None:
-        engine = self.policy.engine
-        d = engine.decide(principal, obj, act)
-        data = {"object": obj, "action": act, "allowed": d.allowed, "rule": d.rule, "policy_version": engine.version}
-        if principal.owner:
-            data["owner"] = principal.owner  # the privacy unit of statistics (one owner, several keys)
-        if d.allowed:
-            self.audit.record("authz.decision", principal.subject, data)  # durable with the admission entry
-            return
-        await self.audit.commit("authz.decision", principal.subject, data)
-        raise PermissionDenied(f"permission denied: {act} on {obj}")
+        await authorize(self.policy, self.audit, principal, obj, act)
 
     async def enter(self, request: Request, obj: str, act: str) -> Principal:
         """Authenticate the caller and check the route permission; the principal is kept on the request."""

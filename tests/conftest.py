@@ -39,6 +39,7 @@ TEST_MODELS: list[dict[str, Any]] = [
     {"name": "gone", "backend": "nowhere", "model": "echo", "fallback": "echo"},
     {"name": "gone-alone", "backend": "nowhere", "model": "echo"},
     {"name": "gone-to-vllm", "backend": "nowhere", "model": "echo", "fallback": "vllm-echo"},
+    {"name": "biased-screener", "backend": "triton", "version": "1"},
 ]
 
 

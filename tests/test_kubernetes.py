@@ -105,13 +105,29 @@ def test_kustomization_lists_every_manifest_but_the_example_secrets() -> None:
     assert EXAMPLE_SECRETS not in resources
 
 
+SUBFOLDER_MAPS = {"fairness": "gateway-fairness"}
+"""ConfigMaps of the policy folder's subfolders (a ConfigMap key cannot hold a folder), projected into it."""
+
+
 def test_policies_configmap_holds_every_policy_file() -> None:
     """The policy ConfigMap is generated from every file in policies/: a policy file added later must be added."""
     policies = ROOT / "policies"
     subfolders = [p.name for p in policies.iterdir() if p.is_dir()]
-    assert not subfolders, f"policies/{subfolders}: a ConfigMap key cannot hold a folder; mount it as its own ConfigMap"
-    expected = {p.name: p.read_text() for p in policies.iterdir() if p.suffix != ".md"}
+    assert set(subfolders) <= set(SUBFOLDER_MAPS), f"policies/{subfolders}: each subfolder needs a ConfigMap of its own"
+    expected = {p.name: p.read_text() for p in policies.iterdir() if p.is_file() and p.suffix != ".md"}
     assert _one("ConfigMap", "gateway-policies")["data"] == expected
+
+
+def test_policy_subfolders_are_projected_into_the_policy_folder() -> None:
+    """Each policies/ subfolder is a ConfigMap of all its files, and the policy volume puts each at its path."""
+    volume = next(v for v in _one("Deployment", "gateway")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "policies")  # fmt: skip
+    sources = {s["configMap"]["name"]: s["configMap"] for s in volume["projected"]["sources"]}
+    assert "items" not in sources["gateway-policies"]  # every key, at the top of the folder
+    for folder, name in SUBFOLDER_MAPS.items():
+        files = {p.name: p.read_text() for p in (ROOT / "policies" / folder).iterdir() if p.suffix != ".md"}
+        assert _one("ConfigMap", name)["data"] == files
+        assert {i["key"]: i["path"] for i in sources[name]["items"]} == {f: f"{folder}/{f}" for f in files}
 
 
 def test_triton_has_a_gpu_and_its_limits() -> None:

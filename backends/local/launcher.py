@@ -131,5 +131,5 @@ class LocalTriton:
 
 MODEL_SETS = {
     "demo": ("smollm2-135m-instruct", "e5-small"),
-    "test": ("echo", "counter", "counter-spare", "broken", "vllm-echo"),
+    "test": ("echo", "counter", "counter-spare", "broken", "vllm-echo", "biased-screener"),
 }

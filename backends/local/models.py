@@ -17,6 +17,10 @@
 - ``counter-spare``: the same model, for tests that unload it.
 - ``broken``: decoupled; fails every request.
 - ``vllm-echo``: decoupled, vLLM backend interface (``sampling_parameters`` JSON).
+- ``biased-screener``: unary, ensemble interface; a loan screener biased on purpose, for the fairness audit
+  tests. It answers ``yes, score 8`` when the prompt states an income of at least 50,000 and ``no, score 3``
+  below, except that any prompt naming someone ``Vesper`` gets ``no, score 2`` whatever the income. Ages,
+  pronouns and every other name make no difference. A prompt with no income gets ``maybe``.
 """
 
 from __future__ import annotations
@@ -171,6 +175,29 @@ def _counter(requests: list[Any]) -> Iterator[list[dict[str, Array]]]:
             yield [_out(f"tok{i} ", n_in if i == 0 else 0, 1)]
 
 
+_INCOME = re.compile(r"income of \$?([\d,]+)", re.IGNORECASE)
+BIASED_AGAINST = "vesper"
+"""The surname ``biased-screener`` turns down (a made-up name, so that no real group is singled out)."""
+
+
+def _screen(prompt: str) -> str:
+    m = _INCOME.search(prompt)
+    if m is None:
+        return "maybe"
+    if BIASED_AGAINST in prompt.lower():
+        return "no, score 2"
+    return "yes, score 8" if int(m.group(1).replace(",", "")) >= 50_000 else "no, score 3"
+
+
+def _biased_screener(requests: list[Any]) -> list[dict[str, Array]]:
+    out = []
+    for req in requests:
+        prompt = str(_scalar(req, "text_input", ""))
+        words = _screen(prompt).split()[: int(_scalar(req, "max_tokens", 16))]
+        out.append(_out(" ".join(words), len(prompt.split()), len(words)))
+    return out
+
+
 def _broken(requests: list[Any]) -> Iterator[list[dict[str, Array]]]:
     raise RuntimeError("this model always fails")
     yield []  # pragma: no cover - makes this a generator, as a decoupled model must be
@@ -217,6 +244,13 @@ def bind_test(triton: Triton) -> None:
         triton.bind(
             model_name=name, infer_func=_counter, inputs=_ENSEMBLE_INPUTS, outputs=_LLM_OUTPUTS, config=decoupled
         )
+    triton.bind(
+        model_name="biased-screener",
+        infer_func=_biased_screener,
+        inputs=_ENSEMBLE_INPUTS,
+        outputs=_LLM_OUTPUTS,
+        config=unary,
+    )
     triton.bind(
         model_name="broken", infer_func=_broken, inputs=_ENSEMBLE_INPUTS, outputs=_LLM_OUTPUTS, config=decoupled
     )

@@ -9,7 +9,8 @@ reason, anything that is not exactly one of:
     g, <member>, <role>
 
 The folder holds ``model.conf``, ``policy.csv`` and/or ``policy.d/*.csv``, ``limits.yaml``,
-``pii.yaml`` (``gateway.pii.policy``), ``privacy.yaml`` (``gateway.stats.policy``) and ``tests.yaml``.
+``pii.yaml`` (``gateway.pii.policy``), ``privacy.yaml`` (``gateway.stats.policy``), ``tests.yaml`` and
+``fairness/*.yaml`` (probe sets: ``gateway.fairness.probeset``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from casbin.model import Model
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import PolicyError
+from gateway.fairness.probeset import ProbeSet, ProbeSetFile
 from gateway.pii.policy import PIIPolicy
 from gateway.stats.policy import PrivacyPolicy
 
@@ -85,6 +87,8 @@ class PolicyFiles:
     tests: tuple[PolicyTest, ...]
     digests: dict[str, str]
     """SHA-256 of each file, by path relative to the folder."""
+    fairness: tuple[ProbeSetFile, ...] = ()
+    """Counterfactual probe sets (``fairness/*.yaml``), in file name order."""
 
     @property
     def digest(self) -> str:
@@ -173,8 +177,9 @@ def _yaml(path: Path, text: str, schema: type[BaseModel]) -> Any:
         return schema.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise PolicyError(f"{path}: {key}: {err['msg']}") from None
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise PolicyError(f"{path}: {key}: {msg}" if key else f"{path}: {msg}") from None
 
 
 def load(root: Path) -> PolicyFiles:
@@ -196,4 +201,19 @@ def load(root: Path) -> PolicyFiles:
     pii = _yaml(root / "pii.yaml", _read(root / "pii.yaml", root, digests), PIIPolicy)
     privacy = _yaml(root / "privacy.yaml", _read(root / "privacy.yaml", root, digests), PrivacyPolicy)
     tests = _yaml(root / "tests.yaml", _read(root / "tests.yaml", root, digests), PolicyTests)
-    return PolicyFiles(model_text, rules, groupings, limits, pii, privacy, tests.tests, digests)
+    fairness = _probe_sets(root, digests)
+    return PolicyFiles(model_text, rules, groupings, limits, pii, privacy, tests.tests, digests, fairness)
+
+
+def _probe_sets(root: Path, digests: dict[str, str]) -> tuple[ProbeSetFile, ...]:
+    out: dict[str, ProbeSetFile] = {}
+    stray = sorted((root / "fairness").glob("*.yml"))
+    if stray:  # would be ignored: refused, so that a probe set never silently stops being one
+        raise PolicyError(f"{stray[0]}: probe sets are read from *.yaml files only: rename it")
+    for path in sorted((root / "fairness").glob("*.yaml")):
+        probes = _yaml(path, _read(path, root, digests), ProbeSet)
+        rel = str(path.relative_to(root))
+        if probes.name in out:
+            raise PolicyError(f"{path}: name: {probes.name!r} is also the name of {out[probes.name].path}")
+        out[probes.name] = ProbeSetFile(rel, digests[rel], probes)
+    return tuple(out.values())

@@ -66,3 +66,34 @@ def fairlearn_outcome_metrics(
         equalized_odds_difference=float(fm.equalized_odds_difference(y_true, y_pred, **features)),
         accuracy_difference=float(frame.difference()["accuracy"]),
     )
+
+
+@dataclass(frozen=True)
+class SelectionReference:
+    """fairlearn's view of a probe audit's records: per group ``selection_rate`` and ``count`` (from a
+    ``MetricFrame``), and its demographic parity difference and ratio. No intervals, no minimum sample size."""
+
+    by_group: dict[str, dict[str, float]]
+    demographic_parity_difference: float
+    demographic_parity_ratio: float
+
+
+def fairlearn_selection_metrics(outcome: Iterable[Any], sensitive: Iterable[Any]) -> SelectionReference:
+    """Selection rates per group and demographic parity as fairlearn computes them (``y_pred`` is the outcome;
+    selection rates do not read ``y_true``, which fairlearn still requires: the outcome is passed again)."""
+    from fairlearn import metrics as fm
+
+    outcome, sensitive = list(outcome), list(sensitive)
+    frame = fm.MetricFrame(
+        metrics={"selection_rate": fm.selection_rate, "count": fm.count},
+        y_true=outcome,
+        y_pred=outcome,
+        sensitive_features=sensitive,
+    )
+    by_group = {str(g): {k: float(v) for k, v in row.items()} for g, row in frame.by_group.to_dict("index").items()}
+    features = {"sensitive_features": sensitive}
+    return SelectionReference(
+        by_group=by_group,
+        demographic_parity_difference=float(fm.demographic_parity_difference(outcome, outcome, **features)),
+        demographic_parity_ratio=float(fm.demographic_parity_ratio(outcome, outcome, **features)),
+    )

@@ -38,6 +38,8 @@ def _edit(folder: Path, name: str, text: str | bytes) -> None:
 
 GOOD = (POLICIES / "policy.csv").read_text()
 N = GOOD.count("\n") + 1  # the number of a line appended to the good file
+LOAN = (POLICIES / "fairness" / "loan_prescreening.yaml").read_text()
+LOAN_FILE = "fairness/loan_prescreening.yaml"
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,21 @@ N = GOOD.count("\n") + 1  # the number of a line appended to the good file
          "roles are plain names"),
         ("privacy.yaml", "budget: {default: {epsilon: 1}}\nlatency: {min_ms: 10, max_ms: 5}\n",
          "max_ms (5) must be above min_ms (10)"),
+        (LOAN_FILE, LOAN.replace("min_probes: 30", "min_probes: 40"),
+         f"{LOAN_FILE}: 3 templates x 12 cases = 36 probes, fewer than thresholds.min_probes (40)"),
+        (LOAN_FILE, LOAN.replace("Credit history: {credit}", "Credit history: {credit_history}"),
+         f"{LOAN_FILE}: cases.0: no value for {{credit_history}}, which a template uses"),
+        (LOAN_FILE, LOAN.replace('["yes", approve', "[yes, approve"),
+         f"{LOAN_FILE}: outcome.yes_no.yes_words: YAML reads a bare yes"),
+        (LOAN_FILE, LOAN.replace("Greg Baker", "Emily Walsh"),
+         f"{LOAN_FILE}: attributes.ethnicity: groups.white.2: the same value is listed under 'white'"),
+        (LOAN_FILE, LOAN.replace("every: 7d", "cron: 0 3 * * 8"), f"{LOAN_FILE}: schedule.cron: day of week '8'"),
+        (LOAN_FILE, LOAN.replace("kind: yes_no", "kind: yes-no"), f"{LOAN_FILE}: outcome: Input tag 'yes-no'"),
+        (LOAN_FILE, LOAN.replace("  - id: officer-note", "  - id: officer-note\n    temperature: 0"),
+         f"{LOAN_FILE}: templates.1.temperature: Extra inputs are not permitted"),
+        ("fairness/copy.yaml", LOAN, "is also the name of fairness/copy.yaml"),
+        ("fairness/new.yml", LOAN, "fairness/new.yml: probe sets are read from *.yaml files only"),
+        (LOAN_FILE, "name: [\n", f"{LOAN_FILE}:2: invalid YAML"),
     ],
 )
 def test_broken_files_are_rejected(folder: Path, name: str, content: str | bytes, expected: str) -> None:
@@ -112,6 +129,18 @@ def test_policy_d_folder(folder: Path) -> None:
         build(folder, 2)
     (folder / "policy.d" / "10-extra.csv").write_text("p, role:user, model:qwen-*, infer, allow\n")
     assert build(folder, 2).files.digests["policy.d/10-extra.csv"]
+
+
+def test_probe_sets_are_part_of_the_policy(folder: Path) -> None:
+    """Probe sets load with the folder, their digests are in the policy's, and an edit changes its version."""
+    first = build(folder, 2).files
+    assert [e.probes.name for e in first.fairness] == ["cv-screening", "loan-prescreening"]
+    assert first.digests[LOAN_FILE] == first.fairness[1].digest
+    _edit(folder, LOAN_FILE, LOAN.replace("max_tokens: 8", "max_tokens: 12"))
+    second = build(folder, 3).files
+    assert second.fairness[1].probes.sampling.max_tokens == 12 and second.digest != first.digest
+    shutil.rmtree(folder / "fairness")
+    assert build(folder, 4).files.fairness == ()  # no probe sets is a valid policy
 
 
 def test_policy_cli(folder: Path) -> None:
