@@ -108,11 +108,15 @@ class FactColumns:
     def refresh(self, db: Database) -> None:
         """Read what changed in the tables since the last refresh."""
         with db.reading():
+            # Sorting in SQL only for the first load: with ORDER BY, the planners scan by id instead of using
+            # the index on change, a pass over every fact for the few that changed.
             facts = db.execute(
                 "SELECT id, kind, day, nth, unit, model, route, roles, outcome, fallback, prompt_tokens,"
-                " completion_tokens, latency_ms, reason, change FROM dp_facts WHERE change > ? ORDER BY id",
+                " completion_tokens, latency_ms, reason, change FROM dp_facts WHERE change > ?"
+                + (" ORDER BY id" if self._change == 0 else ""),
                 (self._change,),
             ).fetchall()
+            facts.sort(key=lambda r: int(r[0]))
             pii = db.execute("SELECT id, day, nth, k, direction, entity FROM dp_pii WHERE id > ? ORDER BY id",
                              (self._pii_id,)).fetchall()  # fmt: skip
         if facts:
