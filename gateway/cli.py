@@ -33,7 +33,7 @@ def serve(config_file: Path | None, local_triton: bool | None) -> None:
     if local_triton is not None:
         overrides["local_triton"] = {"enabled": local_triton}
     settings = load_settings(config_file, **overrides)
-    configure_logging()
+    configure_logging(settings.logging)
     try:
         sys.exit(run(settings))
     except ConfigError as exc:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 
 import uvicorn
 
@@ -15,7 +14,7 @@ from gateway.app import create_app, pii_check
 from gateway.authz.store import build as build_policy
 from gateway.errors import ConfigError, PolicyError
 from gateway.pii.guard import Analyzer
-from gateway.settings import Settings
+from gateway.settings import LoggingSettings, Settings
 from gateway.tls import ensure_certificates, server_context
 
 log = logging.getLogger("gateway")
@@ -32,6 +31,7 @@ def uvicorn_server(settings: Settings, analyzer: Analyzer | None = None) -> uvic
         http="httptools",
         lifespan="on",
         access_log=settings.server.access_log,
+        log_config=None,  # uvicorn's loggers propagate to ours (configure_logging): JSON lines like the rest
         log_level="info",
         server_header=False,
         proxy_headers=False,  # the gateway is the edge: X-Forwarded-* from clients are not trusted
@@ -104,7 +104,8 @@ def serve(settings: Settings) -> int:
             anvil.stop()  # SIGTERM: anvil writes its --state file before it exits
 
 
-def configure_logging() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every upstream request at INFO: one line per call, and ~3% of the CPU under load.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def configure_logging(settings: LoggingSettings | None = None) -> None:
+    """Logs on stderr: JSON lines with the request id by default (``gateway.observability.logs``)."""
+    from gateway.observability.logs import configure
+
+    configure(settings or LoggingSettings())
