@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,24 @@ async def test_the_policy_decides_what_the_auditor_may_probe(triton: LocalTriton
     denied = [e for e in entries if e["kind"] == "authz.decision" and e["actor"] == SUBJECT]
     assert len(denied) == 1 and denied[0]["data"]["allowed"] is False
     assert not any(e["kind"] in ("request.admitted", "fairness.started") and e["actor"] == SUBJECT for e in entries)
+
+
+class _BrokenPool(Executor):
+    """A worker pool that cannot run anything (a crashed worker process)."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        raise BrokenProcessPool("the worker died")
+
+
+async def test_an_audit_that_cannot_finish_is_recorded_as_aborted(triton: LocalTriton, tmp_path: Path) -> None:
+    """When the metrics cannot be computed the audit raises, no fairness.audit entry is written, and a
+    fairness.aborted entry says why; the probe requests sent before that are in the ledger."""
+    settings = make_settings(triton, tmp_path, policy={"dir": policy_folder(tmp_path), "watch": False})
+    with pytest.raises(BrokenProcessPool):
+        await audit(settings, "biased-screener", attributes=["age"], executor=_BrokenPool())
+    entries = ledger(settings)
+    kinds = [e["kind"] for e in entries if e["actor"] == SUBJECT]
+    assert "fairness.audit" not in kinds and kinds.count("request.admitted") == PER_ATTRIBUTE
+    (aborted,) = [e for e in entries if e["kind"] == "fairness.aborted"]
+    (started,) = [e for e in entries if e["kind"] == "fairness.started"]
+    assert aborted["data"] == {"audit_id": started["data"]["audit_id"], "reason": "internal error (BrokenProcessPool)"}
