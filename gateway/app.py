@@ -32,13 +32,14 @@ from gateway.authz.propagate import PolicyChannel
 from gateway.authz.ratelimit import Limiter, LocalLimiter
 from gateway.authz.shared_limits import RedisLimiter
 from gateway.authz.store import PolicyStore
+from gateway.breaker import Listener
 from gateway.errors import ConfigError, GatewayError, InternalError, MethodNotAllowed, NotFound, PolicyError
 from gateway.identity.apikeys import APIKeyStore
 from gateway.identity.authenticate import Authenticator
 from gateway.identity.jwt import JWTVerifier
 from gateway.observability.metrics import Metrics
 from gateway.observability.middleware import ERROR_CODE, Instrumented
-from gateway.observability.triton import TritonScraper
+from gateway.observability.monitor import Monitor
 from gateway.pii.engine import PIIUnavailable
 from gateway.pii.guard import Analyzer, PIIGuard
 from gateway.pii.policy import check_profile
@@ -134,6 +135,15 @@ def pii_check(profile: str) -> Callable[[PolicyFiles], None]:
     return check
 
 
+def _breaker_entry(audit: AuditTrail) -> Listener:
+    """Circuit transitions go to the ledger (the incident runbook's degrade step is on the record)."""
+
+    def record(route: str, old: str, new: str, reason: str) -> None:
+        audit.record("breaker.changed", "gateway", {"model": route, "from": old, "to": new, "reason": reason})
+
+    return record
+
+
 @asynccontextmanager
 async def _analyzer(settings: Settings, given: Analyzer | None) -> AsyncIterator[Analyzer]:
     """The given analyzer, or worker processes of our own, loaded and warm before the first request."""
@@ -185,9 +195,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         stats = StatsService(settings.ledger_store(), audit, lambda: policy.engine.files.privacy,
                              lambda: stats_api.public_keys(settings, policy.engine))  # fmt: skip
         backends = backend_factory(settings)
-        audit.observe = metrics.audit_event
-        triton = TritonScraper(settings)
-        metrics.collector.bind(audit, triton)
+        monitor = Monitor(settings, metrics, audit, lambda: policy.engine.files.alerts)
+        monitor.start()
         keys = APIKeyStore(settings.api_keys_db)
         jwks_http = None  # only a JWKS URL needs an HTTP client
         if settings.auth.jwt is not None and settings.auth.jwt.jwks_url is not None:
@@ -207,13 +216,13 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
             security = Security(Authenticator(keys, jwt, audit), policy, audit, limiter)
             guard = PIIGuard(pii, redactor, audit, vaults)
-            app.state.gateway = Gateway(settings, Router(settings, backends), security, audit, guard, stats, metrics)
+            router = Router(settings, backends)
+            router.breaker_listeners.append(_breaker_entry(audit))
+            app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics)
             yield
         finally:
             stop.set()
-            metrics.collector.bind(None, None)
-            audit.observe = None
-            await triton.aclose()
+            await monitor.aclose()
             for task in (watcher, indexer):
                 if task is not None:
                     task.cancel()

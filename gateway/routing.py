@@ -1,22 +1,25 @@
-"""Public model names to backend targets, with fallback.
+"""Public model names to backend targets, with fallback and a circuit breaker per route.
 
 A route may name a fallback route. The fallback answers when the primary fails before its first
 delta (unreachable, not ready, unloaded, erroring): the caller then sees which model answered in
 the response's ``model`` field and in the ``x-gateway-model`` header. Once the first delta has
-been produced the answer belongs to that model and there is no switching.
+been produced the answer belongs to that model and there is no switching. A route whose circuit is
+open (``gateway/breaker.py``) is skipped: its fallback answers, or the request fails at once with 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 from backends import chat_template
 from backends.base import Backend, Delta, Embeddings, Generation, Target
-from gateway.errors import ConfigError, InvalidRequest, NotFound, UpstreamError
+from gateway.breaker import Breaker, Listener, State
+from gateway.errors import ConfigError, InvalidRequest, NotFound, UpstreamError, UpstreamUnavailable
 from gateway.settings import ModelRoute, Settings
 
 log = logging.getLogger(__name__)
@@ -66,11 +69,26 @@ def _target(route: ModelRoute) -> Target:
 
 
 class Router:
-    """Built once from settings; holds no per-request state beyond a short readiness cache."""
+    """Built once from settings; holds no per-request state beyond a short readiness cache and the breakers."""
 
     def __init__(self, settings: Settings, backends: dict[str, Backend]) -> None:
         self._routes = {m.name: Resolved(m, backends[m.backend], _target(m)) for m in settings.models}
         self._ready: dict[str, tuple[float, bool]] = {}
+        self.breaker_listeners: list[Listener] = []
+        """Told of every circuit transition (the app writes a ledger entry); they must not raise."""
+        self.breakers = {m.name: Breaker(m.name, m.breaker, self._changed) for m in settings.models}
+
+    def _changed(self, route: str, old: State, new: State, reason: str) -> None:
+        (log.warning if new == "open" else log.info)("circuit of model %r: %s -> %s (%s)", route, old, new, reason)
+        for listener in self.breaker_listeners:
+            listener(route, old, new, reason)
+
+    def _open_error(self, r: Resolved) -> UpstreamUnavailable:
+        wait = self.breakers[r.route.name].retry_after_s()
+        return UpstreamUnavailable(
+            f"model {r.route.name!r} is failing and its circuit is open: it is not called until "
+            f"{math.ceil(wait)} s from now", headers={"retry-after": str(max(1, math.ceil(wait)))},
+        )  # fmt: skip
 
     @property
     def routes(self) -> list[Resolved]:
@@ -98,20 +116,27 @@ class Router:
         chain = [r for i, r in enumerate(self._chain(name, "llm")) if i == 0 or permitted(r.route.name)]
         error: UpstreamError | None = None
         for i, r in enumerate(chain):
+            breaker = self.breakers[r.route.name]
+            if not breaker.allow():
+                error = error or self._open_error(r)
+                continue
             g = gen if gen.max_tokens is not None else replace(gen, max_tokens=r.route.default_max_tokens)
             stream = r.backend.generate(r.target, g)
             try:
                 first = await stream.__anext__()
             except UpstreamError as exc:
                 await _aclose(stream)
+                breaker.failure(exc.message)
                 if i + 1 < len(chain):
                     log.warning("model %r failed before its first byte (%s); falling back to %r",
                                 r.route.name, exc.message, chain[i + 1].route.name)  # fmt: skip
                 error = exc
                 continue
             except BaseException:
+                breaker.release()
                 await _aclose(stream)
                 raise
+            breaker.success()
             return Answer(r, first, stream, fallback_used=i > 0)
         assert error is not None
         raise error
@@ -122,10 +147,21 @@ class Router:
         chain = [r for i, r in enumerate(self._chain(name, "embedding")) if i == 0 or permitted(r.route.name)]
         error: UpstreamError | None = None
         for i, r in enumerate(chain):
+            breaker = self.breakers[r.route.name]
+            if not breaker.allow():
+                error = error or self._open_error(r)
+                continue
             try:
-                return r, await r.backend.embed(r.target, inputs), i > 0
+                result = await r.backend.embed(r.target, inputs)
             except UpstreamError as exc:
+                breaker.failure(exc.message)
                 error = exc
+                continue
+            except BaseException:
+                breaker.release()
+                raise
+            breaker.success()
+            return r, result, i > 0
         assert error is not None
         raise error
 

@@ -82,6 +82,20 @@ class OpenAIBackendSettings(_Frozen):
 BackendSettings = Annotated[TritonBackendSettings | OpenAIBackendSettings, Field(discriminator="kind")]
 
 
+class BreakerSettings(_Frozen):
+    """The route's circuit breaker (gateway/breaker.py): degrade to the fallback while the model fails."""
+
+    enabled: bool = True
+    consecutive_failures: int = Field(5, ge=1)
+    """This many failures in a row open the circuit."""
+    error_rate: float = Field(0.5, gt=0, le=1)
+    """So does this share of failures over ``window_s``, once ``min_requests`` were seen."""
+    window_s: float = Field(60.0, gt=0)
+    min_requests: int = Field(20, ge=1)
+    cooldown_s: float = Field(30.0, gt=0)
+    """How long an open circuit sends everything to the fallback before one request probes the model."""
+
+
 class ModelRoute(_Frozen):
     """A public model name and where it is served."""
 
@@ -102,6 +116,7 @@ class ModelRoute(_Frozen):
     owned_by: str = "organization"
     embedding_input: str = "text_input"
     embedding_output: str = "embedding"
+    breaker: BreakerSettings = BreakerSettings()
 
     @property
     def upstream_model(self) -> str:
