@@ -181,8 +181,8 @@ class RateLimited(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message, headers={"retry-after": str(max(1, int(retry_after_s + 0.999)))})
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"retry-after": str(max(1, int(retry_after_s + 0.999)))})
 
 
 class BudgetExhausted(GatewayError):

@@ -5,6 +5,8 @@ delta (unreachable, not ready, unloaded, erroring): the caller then sees which m
 the response's ``model`` field and in the ``x-gateway-model`` header. Once the first delta has
 been produced the answer belongs to that model and there is no switching. A route whose circuit is
 open (``gateway/breaker.py``) is skipped: its fallback answers, or the request fails at once with 503.
+Each backend has a bulkhead (``gateway/bulkhead.py``); before the first byte an unavailable backend is
+retried ``retries`` times, and a model that sends nothing within ``first_byte_timeout_s`` has failed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ from dataclasses import dataclass, replace
 from backends import chat_template
 from backends.base import Backend, Delta, Embeddings, Generation, Target
 from gateway.breaker import Breaker, Listener, State
-from gateway.errors import ConfigError, InvalidRequest, NotFound, UpstreamError, UpstreamUnavailable
+from gateway.bulkhead import Bulkhead
+from gateway.errors import (
+    ConfigError,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.settings import ModelRoute, Settings
 
 log = logging.getLogger(__name__)
@@ -35,15 +47,24 @@ class Resolved:
 
 @dataclass(slots=True)
 class Answer:
-    """An opened generation: who answers, its first delta, and the rest of the stream."""
+    """An opened generation: who answers, its first delta, and the rest of the stream.
+
+    ``aclose`` must be called when the caller is done with it: it closes the stream and frees the backend's
+    bulkhead slot."""
 
     resolved: Resolved
     first: Delta
     rest: AsyncIterator[Delta]
     fallback_used: bool
+    release: Callable[[], None] | None = None
 
     async def aclose(self) -> None:
-        await _aclose(self.rest)
+        try:
+            await _aclose(self.rest)
+        finally:
+            release, self.release = self.release, None
+            if release is not None:
+                release()
 
 
 def _target(route: ModelRoute) -> Target:
@@ -77,6 +98,9 @@ class Router:
         self.breaker_listeners: list[Listener] = []
         """Told of every circuit transition (the app writes a ledger entry); they must not raise."""
         self.breakers = {m.name: Breaker(m.name, m.breaker, self._changed) for m in settings.models}
+        self._limits = dict(settings.backends)
+        self.bulkheads = {name: Bulkhead(name, b.max_concurrency, b.max_queue, b.queue_timeout_s)
+                          for name, b in settings.backends.items()}  # fmt: skip
 
     def _changed(self, route: str, old: State, new: State, reason: str) -> None:
         (log.warning if new == "open" else log.info)("circuit of model %r: %s -> %s (%s)", route, old, new, reason)
@@ -114,18 +138,23 @@ class Router:
         A fallback is skipped when ``permitted`` (the caller's policy) does not allow its model.
         """
         chain = [r for i, r in enumerate(self._chain(name, "llm")) if i == 0 or permitted(r.route.name)]
-        error: UpstreamError | None = None
+        error: GatewayError | None = None
         for i, r in enumerate(chain):
-            breaker = self.breakers[r.route.name]
+            breaker, bulkhead = self.breakers[r.route.name], self.bulkheads[r.route.backend]
             if not breaker.allow():
                 error = error or self._open_error(r)
                 continue
-            g = gen if gen.max_tokens is not None else replace(gen, max_tokens=r.route.default_max_tokens)
-            stream = r.backend.generate(r.target, g)
             try:
-                first = await stream.__anext__()
+                await bulkhead.acquire()
+            except RateLimited as exc:  # busy is not failing: the breaker is not told
+                breaker.release()
+                error = error or exc
+                continue
+            g = gen if gen.max_tokens is not None else replace(gen, max_tokens=r.route.default_max_tokens)
+            try:
+                stream, first = await self._open(r, g)
             except UpstreamError as exc:
-                await _aclose(stream)
+                bulkhead.release()
                 breaker.failure(exc.message)
                 if i + 1 < len(chain):
                     log.warning("model %r failed before its first byte (%s); falling back to %r",
@@ -133,23 +162,54 @@ class Router:
                 error = exc
                 continue
             except BaseException:
+                bulkhead.release()
                 breaker.release()
-                await _aclose(stream)
                 raise
             breaker.success()
-            return Answer(r, first, stream, fallback_used=i > 0)
+            return Answer(r, first, stream, fallback_used=i > 0, release=bulkhead.release)
         assert error is not None
         raise error
+
+    async def _open(self, r: Resolved, gen: Generation) -> tuple[AsyncIterator[Delta], Delta]:
+        """The stream and its first delta, within the first-byte timeout, retrying an unavailable backend."""
+        limits = self._limits[r.route.backend]
+        for attempt in range(limits.retries + 1):
+            stream = r.backend.generate(r.target, gen)
+            try:
+                first = await asyncio.wait_for(anext(stream), limits.first_byte_timeout_s)
+            except TimeoutError:
+                await _aclose(stream)
+                raise UpstreamTimeout(f"model {r.route.name!r} sent nothing within "
+                                      f"{limits.first_byte_timeout_s:g} s") from None  # fmt: skip
+            except UpstreamUnavailable as exc:
+                await _aclose(stream)
+                if attempt == limits.retries:
+                    raise
+                log.info("model %r unavailable (%s); retry %d of %d", r.route.name, exc.message, attempt + 1,
+                         limits.retries)  # fmt: skip
+                await asyncio.sleep(0.1 * 2**attempt)
+                continue
+            except BaseException:
+                await _aclose(stream)
+                raise
+            return stream, first
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def embed(
         self, name: str, inputs: list[str], permitted: Callable[[str], bool] = lambda _: True
     ) -> tuple[Resolved, Embeddings, bool]:
         chain = [r for i, r in enumerate(self._chain(name, "embedding")) if i == 0 or permitted(r.route.name)]
-        error: UpstreamError | None = None
+        error: GatewayError | None = None
         for i, r in enumerate(chain):
-            breaker = self.breakers[r.route.name]
+            breaker, bulkhead = self.breakers[r.route.name], self.bulkheads[r.route.backend]
             if not breaker.allow():
                 error = error or self._open_error(r)
+                continue
+            try:
+                await bulkhead.acquire()
+            except RateLimited as exc:
+                breaker.release()
+                error = error or exc
                 continue
             try:
                 result = await r.backend.embed(r.target, inputs)
@@ -160,6 +220,8 @@ class Router:
             except BaseException:
                 breaker.release()
                 raise
+            finally:
+                bulkhead.release()
             breaker.success()
             return r, result, i > 0
         assert error is not None

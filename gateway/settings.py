@@ -56,12 +56,27 @@ class TLSSettings(_Frozen):
         return self
 
 
-class TritonBackendSettings(_Frozen):
+class _BackendLimits(_Frozen):
+    """Timeouts, retries and the bulkhead, the same for every kind of backend."""
+
+    first_byte_timeout_s: float = Field(60.0, gt=0)
+    """A generation that produces nothing within this fails (504) and may fall back."""
+    retries: int = Field(1, ge=0, le=5)
+    """Extra attempts when the backend is unavailable before the first byte (never after it)."""
+    max_concurrency: int = Field(128, ge=1)
+    """Generations and embedding calls in flight to this backend at once (the bulkhead)."""
+    max_queue: int = Field(512, ge=0)
+    """Requests that may wait for a slot; beyond this, 429 ``backend_busy`` at once."""
+    queue_timeout_s: float = Field(30.0, gt=0)
+    """The longest a request waits for a slot before 429 ``backend_busy``."""
+
+
+class TritonBackendSettings(_BackendLimits):
     kind: Literal["triton"]
     url: str = "embedded"
     """host:port of Triton's gRPC endpoint, or ``embedded`` for the local Triton (local_triton)."""
     timeout_s: float = Field(120.0, gt=0)
-    """Deadline for a whole generation."""
+    """Deadline for a whole generation (connect: connect_timeout_s; first byte: first_byte_timeout_s)."""
     connect_timeout_s: float = Field(5.0, gt=0)
     """Deadline for health and metadata calls."""
     metrics_url: str | None = "auto"
@@ -69,7 +84,7 @@ class TritonBackendSettings(_Frozen):
     on port 8002 (``embedded``: local_triton.metrics_port); null: not read."""
 
 
-class OpenAIBackendSettings(_Frozen):
+class OpenAIBackendSettings(_BackendLimits):
     kind: Literal["openai"]
     base_url: str
     """Base URL including /v1, e.g. http://vllm:8000/v1."""
