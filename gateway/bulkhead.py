@@ -33,7 +33,8 @@ class Bulkhead:
             raise self._busy(f"{self.running} requests running and {self.waiting} queued, the most it takes")
         self.waiting += 1
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
+            async with asyncio.timeout(self.queue_timeout_s):
+                await self._slots.acquire()
         except TimeoutError:
             raise self._busy(f"no slot came free within {self.queue_timeout_s:g} s") from None
         finally:

@@ -176,7 +176,8 @@ class Router:
         for attempt in range(limits.retries + 1):
             stream = r.backend.generate(r.target, gen)
             try:
-                first = await asyncio.wait_for(anext(stream), limits.first_byte_timeout_s)
+                async with asyncio.timeout(limits.first_byte_timeout_s):  # no extra task, unlike wait_for
+                    first = await anext(stream)
             except TimeoutError:
                 await _aclose(stream)
                 raise UpstreamTimeout(f"model {r.route.name!r} sent nothing within "
