@@ -33,6 +33,7 @@ def write_policy(folder: Path) -> None:
     (folder / "limits.yaml").write_text("default:\n  stream: true\n")
     (folder / "pii.yaml").write_text((ROOT / "policies" / "pii.yaml").read_text())
     (folder / "privacy.yaml").write_text((ROOT / "policies" / "privacy.yaml").read_text())
+    (folder / "alerts.yaml").write_text((ROOT / "policies" / "alerts.yaml").read_text())
     lines = []
     routes = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"]
     for r in range(ROLES):

@@ -196,7 +196,6 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
                              lambda: stats_api.public_keys(settings, policy.engine))  # fmt: skip
         backends = backend_factory(settings)
         monitor = Monitor(settings, metrics, audit, lambda: policy.engine.files.alerts)
-        monitor.start()
         keys = APIKeyStore(settings.api_keys_db)
         jwks_http = None  # only a JWKS URL needs an HTTP client
         if settings.auth.jwt is not None and settings.auth.jwt.jwks_url is not None:
@@ -213,6 +212,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
                                     timeout_s=settings.redis.timeout_s)  # fmt: skip
             listener = asyncio.create_task(channel.run())
         try:
+            monitor.start()
             jwt = JWTVerifier(settings.auth.jwt, _fetcher(jwks_http)) if settings.auth.jwt else None
             security = Security(Authenticator(keys, jwt, audit), policy, audit, limiter)
             guard = PIIGuard(pii, redactor, audit, vaults)

@@ -171,6 +171,7 @@ def keys_revoke(config_file: Path | None, key_id: str) -> None:
 
 
 def _register() -> None:
+    from gateway.alerts_cli import alerts
     from gateway.fairness_cli import fairness
     from gateway.ledger_cli import ledger
     from gateway.stats_cli import stats
@@ -178,6 +179,7 @@ def _register() -> None:
     main.add_command(ledger)
     main.add_command(stats)
     main.add_command(fairness)
+    main.add_command(alerts)
 
 
 _register()

@@ -9,8 +9,9 @@ reason, anything that is not exactly one of:
     g, <member>, <role>
 
 The folder holds ``model.conf``, ``policy.csv`` and/or ``policy.d/*.csv``, ``limits.yaml``,
-``pii.yaml`` (``gateway.pii.policy``), ``privacy.yaml`` (``gateway.stats.policy``), ``tests.yaml`` and
-``fairness/*.yaml`` (probe sets: ``gateway.fairness.probeset``).
+``pii.yaml`` (``gateway.pii.policy``), ``privacy.yaml`` (``gateway.stats.policy``), ``alerts.yaml``
+(``gateway.observability.alerts_policy``), ``tests.yaml`` and ``fairness/*.yaml`` (probe sets:
+``gateway.fairness.probeset``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import csv
 import hashlib
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import PolicyError
 from gateway.fairness.probeset import ProbeSet, ProbeSetFile
+from gateway.observability.alerts_policy import AlertPolicy
 from gateway.pii.policy import PIIPolicy
 from gateway.stats.policy import PrivacyPolicy
 
@@ -89,6 +91,8 @@ class PolicyFiles:
     """SHA-256 of each file, by path relative to the folder."""
     fairness: tuple[ProbeSetFile, ...] = ()
     """Counterfactual probe sets (``fairness/*.yaml``), in file name order."""
+    alerts: AlertPolicy = field(default_factory=AlertPolicy)
+    """Alert rules (``alerts.yaml``), evaluated by the gateway (``gateway.observability``)."""
 
     @property
     def digest(self) -> str:
@@ -200,9 +204,11 @@ def load(root: Path) -> PolicyFiles:
     limits = _yaml(root / "limits.yaml", _read(root / "limits.yaml", root, digests), Limits)
     pii = _yaml(root / "pii.yaml", _read(root / "pii.yaml", root, digests), PIIPolicy)
     privacy = _yaml(root / "privacy.yaml", _read(root / "privacy.yaml", root, digests), PrivacyPolicy)
+    alerts = _yaml(root / "alerts.yaml", _read(root / "alerts.yaml", root, digests), AlertPolicy)
     tests = _yaml(root / "tests.yaml", _read(root / "tests.yaml", root, digests), PolicyTests)
     fairness = _probe_sets(root, digests)
-    return PolicyFiles(model_text, rules, groupings, limits, pii, privacy, tests.tests, digests, fairness)
+    return PolicyFiles(model_text, rules, groupings, limits, pii, privacy, tests.tests, digests, fairness,
+                       alerts=alerts)  # fmt: skip
 
 
 def _probe_sets(root: Path, digests: dict[str, str]) -> tuple[ProbeSetFile, ...]:

@@ -37,6 +37,7 @@ def _edit(folder: Path, name: str, text: str | bytes) -> None:
 
 
 GOOD = (POLICIES / "policy.csv").read_text()
+ALERTS = (POLICIES / "alerts.yaml").read_text()
 N = GOOD.count("\n") + 1  # the number of a line appended to the good file
 LOAN = (POLICIES / "fairness" / "loan_prescreening.yaml").read_text()
 LOAN_FILE = "fairness/loan_prescreening.yaml"
@@ -85,6 +86,22 @@ LOAN_FILE = "fairness/loan_prescreening.yaml"
          "roles are plain names"),
         ("privacy.yaml", "budget: {default: {epsilon: 1}}\nlatency: {min_ms: 10, max_ms: 5}\n",
          "max_ms (5) must be above min_ms (10)"),
+        ("alerts.yaml", ALERTS.replace("signal: error_rate", "signal: eror_rate"),
+         "alerts.yaml: rules.4: signal: unknown signal 'eror_rate'"),
+        ("alerts.yaml", ALERTS.replace("signal: gpu_utilization", "signal: error_rate"),
+         "rules.0: level: error_rate is a system signal, not hardware"),
+        ("alerts.yaml", ALERTS.replace("    above: 0.01\n", "    above: 0.01\n    below: 0.5\n"),
+         "rules.4: a rule needs exactly one of above, below, deviation and drop, not ['above', 'below']"),
+        ("alerts.yaml", ALERTS.replace("window: 5m", "window: 5 minutes"),
+         "'5 minutes' is not a duration such as 30s, 5m, 1h or 7d"),
+        ("alerts.yaml", ALERTS.replace("deviation: {sigmas: 2,", "deviation: {sigma: 2,"),
+         "alerts.yaml: rules.1.deviation.sigmas: Field required"),
+        ("alerts.yaml", ALERTS.replace("name: AccuracyDrop", "name: APIErrorRateHigh"),
+         "alerts.yaml: rules: duplicate names: APIErrorRateHigh"),
+        ("alerts.yaml", ALERTS.replace("name: AccuracyDrop", "name: accuracy-drop"), "alerts.yaml: rules.3.name"),
+        ("alerts.yaml", ALERTS.replace("severity: critical", "severity: page"), "alerts.yaml: rules.3.severity"),
+        ("alerts.yaml", "rules:\n  - {name: X, level: system, signal: error_rate, above: 1}\n",
+         "alerts.yaml: rules.0.severity: Field required"),
         (LOAN_FILE, LOAN.replace("min_probes: 30", "min_probes: 40"),
          f"{LOAN_FILE}: 3 templates x 12 cases = 36 probes, fewer than thresholds.min_probes (40)"),
         (LOAN_FILE, LOAN.replace("Credit history: {credit}", "Credit history: {credit_history}"),
