@@ -172,6 +172,10 @@ def test_compose_prometheus_scrapes_services_and_loads_the_rules_folder(monkeypa
     aliases = SERVICES["gateway-cpu"]["networks"]["default"]["aliases"]
     assert "gateway" in aliases, "the cpu variant answers to the same name"
     assert set(_networks(prom)) >= {"default", "inference"}
+    (gateway_job,) = [job for job in config["scrape_configs"] if job["job_name"] == "gateway"]
+    token = gateway_job["authorization"]["credentials_file"]  # /metrics needs an API key (docs/operations.md)
+    folder, _, name = token.rpartition("/")
+    assert (ROOT / mounts[folder]).is_dir() and name == "gateway-token"
     (rules,) = config["rule_files"]
     folder, _, pattern = rules.rpartition("/")
     assert (ROOT / mounts[folder]).is_dir() and pattern == "*.yml"

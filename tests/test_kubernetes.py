@@ -245,7 +245,7 @@ def test_namespace_denies_all_traffic_by_default() -> None:
 
 
 def test_only_the_gateway_reaches_triton() -> None:
-    """Triton admits gRPC (8001) from the gateway's pods only, metrics (8002) from Prometheus, and nothing else."""
+    """Triton admits gRPC (8001) from the gateway's pods only, metrics (8002) from them and Prometheus, nothing else."""
     rules = [r for p in _policies_for("triton") for r in p.get("ingress", [])]
     assert rules
     allowed: set[int] = set()
@@ -279,7 +279,8 @@ def test_gateway_egress_goes_to_its_dependencies_only() -> None:
                 or peer["podSelector"]["matchLabels"]["k8s-app"]
             )
             reached |= {(name, port) for port in _ports(rule)}
-    assert reached == {("triton", 8001), ("redis", 6379), ("postgresql", 5432), ("chain-node", 8545), ("kube-dns", 53)}
+    assert reached == {("triton", 8001), ("triton", 8002), ("redis", 6379), ("postgresql", 5432), ("chain-node", 8545),
+                       ("kube-dns", 53)}  # fmt: skip
     ingress = [r for p in _policies_for("gateway") for r in p.get("ingress", [])]
     assert [_ports(r) for r in ingress] == [{8443}]
 
