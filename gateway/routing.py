@@ -140,16 +140,11 @@ class Router:
         chain = [r for i, r in enumerate(self._chain(name, "llm")) if i == 0 or permitted(r.route.name)]
         error: GatewayError | None = None
         for i, r in enumerate(chain):
-            breaker, bulkhead = self.breakers[r.route.name], self.bulkheads[r.route.backend]
-            if not breaker.allow():
-                error = error or self._open_error(r)
+            entered = await self._enter(r)
+            if isinstance(entered, GatewayError):
+                error = error or entered
                 continue
-            try:
-                await bulkhead.acquire()
-            except RateLimited as exc:  # busy is not failing: the breaker is not told
-                breaker.release()
-                error = error or exc
-                continue
+            breaker, bulkhead = entered
             g = gen if gen.max_tokens is not None else replace(gen, max_tokens=r.route.default_max_tokens)
             try:
                 stream, first = await self._open(r, g)
@@ -169,6 +164,18 @@ class Router:
             return Answer(r, first, stream, fallback_used=i > 0, release=bulkhead.release)
         assert error is not None
         raise error
+
+    async def _enter(self, r: Resolved) -> tuple[Breaker, Bulkhead] | GatewayError:
+        """The route's breaker and a slot of its backend's bulkhead, or why the route cannot be tried now."""
+        breaker, bulkhead = self.breakers[r.route.name], self.bulkheads[r.route.backend]
+        if not breaker.allow():
+            return self._open_error(r)
+        try:
+            await bulkhead.acquire()
+        except RateLimited as exc:  # busy is not failing: the breaker is not told
+            breaker.release()
+            return exc
+        return breaker, bulkhead
 
     async def _open(self, r: Resolved, gen: Generation) -> tuple[AsyncIterator[Delta], Delta]:
         """The stream and its first delta, within the first-byte timeout, retrying an unavailable backend."""
@@ -202,16 +209,11 @@ class Router:
         chain = [r for i, r in enumerate(self._chain(name, "embedding")) if i == 0 or permitted(r.route.name)]
         error: GatewayError | None = None
         for i, r in enumerate(chain):
-            breaker, bulkhead = self.breakers[r.route.name], self.bulkheads[r.route.backend]
-            if not breaker.allow():
-                error = error or self._open_error(r)
+            entered = await self._enter(r)
+            if isinstance(entered, GatewayError):
+                error = error or entered
                 continue
-            try:
-                await bulkhead.acquire()
-            except RateLimited as exc:
-                breaker.release()
-                error = error or exc
-                continue
+            breaker, bulkhead = entered
             try:
                 result = await r.backend.embed(r.target, inputs)
             except UpstreamError as exc:
