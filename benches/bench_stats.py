@@ -28,8 +28,8 @@ import yaml
 from benches._procs import machine
 from benches._synthetic_ledger import mixed, write
 from benches.bench_ledger import PG_ADMIN, postgres_db
+from gateway.db import Database, stats_url
 from gateway.stats import compute
-from gateway.stats._db import Database, stats_url
 from gateway.stats.facts import SCHEMA, FactIndex
 from gateway.stats.policy import PrivacyPolicy
 from gateway.stats.query import StatsQuery

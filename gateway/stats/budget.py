@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from gateway.stats._db import Database
+from gateway.db import Database
 
 EPSILON_UNITS = 10**6  # micro-epsilon
 DELTA_UNITS = 10**18  # delta <= 1 fits in a signed 64-bit integer

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.stats._db import Database
+from gateway.db import Database
 
 _NTH_CAP = 65_535  # nth is only compared with bounds of at most 100,000 per day: kept as uint32 anyway
 

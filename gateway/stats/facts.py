@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from gateway.stats._db import Database
+from gateway.db import Database
 from gateway.stats.columns import FactColumns
 from ledger.store import Store, open_store
 

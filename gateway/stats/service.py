@@ -25,10 +25,10 @@ from typing import Any
 import orjson
 
 from gateway.audit import AuditSink
+from gateway.db import Database, stats_url
 from gateway.errors import BudgetExhausted
 from gateway.identity.principal import Principal
 from gateway.stats import compute
-from gateway.stats._db import Database, stats_url
 from gateway.stats.budget import BudgetStore, Refused, Usage
 from gateway.stats.facts import SCHEMA, FactIndex
 from gateway.stats.policy import Budget, PrivacyPolicy, period_end, period_of

@@ -17,10 +17,10 @@ import pytest
 
 from benches._synthetic_ledger import Traffic, write
 from gateway.authz.files import load
+from gateway.db import Database, stats_url
 from gateway.errors import BudgetExhausted, InvalidRequest
 from gateway.identity.principal import Principal
 from gateway.stats import compute
-from gateway.stats._db import Database, stats_url
 from gateway.stats.facts import SCHEMA, FactIndex
 from gateway.stats.policy import PrivacyPolicy
 from gateway.stats.query import StatsQuery

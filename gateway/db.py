@@ -1,7 +1,10 @@
-"""One connection to the statistics tables: SQLite (WAL) or PostgreSQL, with exclusive write transactions.
+"""One connection to the gateway's own tables beside the ledger: SQLite (WAL) or PostgreSQL, with exclusive
+write transactions.
 
-With PostgreSQL the tables live in the ledger's database. With SQLite they live in ``stats.sqlite3`` beside
-``ledger.sqlite3``: SQLite has one writer per file, and a release must never hold the ledger's write lock.
+With PostgreSQL, the tables of every component (statistics, model pins, fairness results) live in the
+ledger's database, so that replicas share them. With SQLite each component has its own file beside
+``ledger.sqlite3`` (``stats.sqlite3``, ...): SQLite has one writer per file, and none of them may ever hold
+the ledger's write lock.
 """
 
 from __future__ import annotations
@@ -16,11 +19,17 @@ from typing import Any
 _PG_LOCK = 0x44504244  # advisory lock serializing schema creation across replicas
 
 
-def stats_url(ledger_store: str) -> str:
-    """Where the statistics tables live for a ledger store URL (see the module docstring)."""
+def beside_ledger(ledger_store: str, sqlite_name: str) -> str:
+    """Where a component's tables live for a ledger store URL: the ledger's PostgreSQL database, or the SQLite
+    file ``sqlite_name`` in the ledger file's folder."""
     if ledger_store.startswith(("postgresql://", "postgres://")):
         return ledger_store
-    return str(Path(ledger_store.removeprefix("sqlite://")).with_name("stats.sqlite3"))
+    return str(Path(ledger_store.removeprefix("sqlite://")).with_name(sqlite_name))
+
+
+def stats_url(ledger_store: str) -> str:
+    """Where the statistics tables live (``stats.sqlite3`` beside an SQLite ledger)."""
+    return beside_ledger(ledger_store, "stats.sqlite3")
 
 
 class Database:
