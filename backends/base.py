@@ -101,6 +101,11 @@ class Backend(Protocol):
         """Whether the server is reachable and reports ``target`` ready to serve."""
         ...
 
+    async def load_version(self, target: Target) -> None:
+        """Make ``target.version`` servable, keeping the versions already loaded (Triton: its repository API);
+        raise an ``UpstreamError`` saying why it cannot, or ``InvalidRequest`` if the server has no versions."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections. The backend is unusable afterwards."""
         ...

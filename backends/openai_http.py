@@ -121,6 +121,10 @@ class OpenAIHTTPBackend:
             return False
         return target.model in ids
 
+    async def load_version(self, target: Target) -> None:
+        raise InvalidRequest(f"backend {self.name!r} is OpenAI-compatible: it has no model versions to pin",
+                             param="version")  # fmt: skip
+
     async def aclose(self) -> None:
         await self._session.close()
 

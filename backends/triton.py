@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 import orjson
+from google.protobuf import json_format
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 
 from backends import chat_template
@@ -64,9 +65,12 @@ def _model_failed(model: str, detail: str) -> UpstreamError:
 class TritonBackend:
     """A gRPC channel to one Triton server, shared by all its routes."""
 
-    def __init__(self, name: str, url: str, *, timeout_s: float, connect_timeout_s: float) -> None:
+    def __init__(self, name: str, url: str, *, timeout_s: float, connect_timeout_s: float,
+                 repository_auth: tuple[str, str] | None = None, load_timeout_s: float = 300.0) -> None:  # fmt: skip
         self.name = name
         self.url = url
+        self._repository_auth = () if repository_auth is None else (repository_auth,)
+        self._load_timeout = load_timeout_s
         self._timeout = timeout_s
         self._connect_timeout = connect_timeout_s
         self._channel = grpc.aio.insecure_channel(
@@ -218,6 +222,39 @@ class TritonBackend:
         except grpc.aio.AioRpcError:
             return False
         return bool(resp.ready)
+
+    async def load_version(self, target: Target) -> None:
+        """Load ``target.version`` through Triton's model-repository API, beside the versions loaded now.
+
+        The model's current configuration is reloaded with ``version_policy: specific`` listing both, so
+        traffic to the old version goes on while the new one loads (Triton swaps a model's versions
+        atomically once the load succeeds). Needs ``--model-control-mode=explicit``, and the repository
+        API's token where the server restricts it."""
+        if not target.version.isdigit():
+            raise InvalidRequest(f"a Triton model version is a number, not {target.version!r}", param="version")
+        if await self.ready(target):
+            return
+        model, version = target.model, int(target.version)
+        try:
+            index = await self._stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True),
+                                                     metadata=self._repository_auth,
+                                                     timeout=self._connect_timeout)  # fmt: skip
+            loaded = {int(m.version) for m in index.models if m.name == model and m.version.isdigit()}
+            reply = await self._stub.ModelConfig(service_pb2.ModelConfigRequest(name=model),
+                                                 timeout=self._connect_timeout)  # fmt: skip
+            config = json_format.MessageToDict(reply.config, preserving_proto_field_name=True)
+            config["version_policy"] = {"specific": {"versions": sorted(loaded | {version})}}
+            param = service_pb2.ModelRepositoryParameter(string_param=orjson.dumps(config).decode())
+            await self._stub.RepositoryModelLoad(
+                service_pb2.RepositoryModelLoadRequest(model_name=model, parameters={"config": param}),
+                metadata=self._repository_auth, timeout=self._load_timeout,
+            )  # fmt: skip
+        except grpc.aio.AioRpcError as exc:
+            log.warning("loading version %s of %r failed: %s: %s", version, model, exc.code().name, exc.details())
+            raise UpstreamUnavailable(f"version {version} of model {model!r} cannot be loaded on backend "
+                                      f"{self.name!r} ({exc.code().name})") from None  # fmt: skip
+        if not await self.ready(target):
+            raise UpstreamUnavailable(f"version {version} of model {model!r} did not become ready")
 
     async def server_ready(self) -> bool:
         try:

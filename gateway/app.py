@@ -7,6 +7,7 @@ generic 500 that names the request id and nothing of the exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from starlette.routing import Route
 from backends.base import Backend
 from backends.openai_http import OpenAIHTTPBackend
 from backends.triton import TritonBackend
-from gateway.api import admin, embeddings, generate, ledger, models
+from gateway.api import admin, embeddings, generate, ledger, models, models_admin
 from gateway.api import metrics as metrics_api
 from gateway.api import stats as stats_api
 from gateway.audit import AuditTrail
@@ -46,6 +47,7 @@ from gateway.pii.policy import check_profile
 from gateway.pii.pool import AnalyzerPool
 from gateway.pii.redact import Redactor
 from gateway.pii.vaults import VaultStore
+from gateway.pins import PinStore
 from gateway.routing import Router
 from gateway.security import Security, guard
 from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
@@ -72,7 +74,10 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
             )
         else:
             url = settings.local_triton_url() if cfg.url == "embedded" else cfg.url
-            backends[name] = TritonBackend(name, url, timeout_s=cfg.timeout_s, connect_timeout_s=cfg.connect_timeout_s)
+            token = cfg.repository_token
+            auth = (cfg.repository_token_header, token.get_secret_value()) if token is not None else None
+            backends[name] = TritonBackend(name, url, timeout_s=cfg.timeout_s, connect_timeout_s=cfg.connect_timeout_s,
+                                           repository_auth=auth, load_timeout_s=cfg.load_timeout_s)  # fmt: skip
     return backends
 
 
@@ -135,6 +140,21 @@ def pii_check(profile: str) -> Callable[[PolicyFiles], None]:
     return check
 
 
+async def _follow_pins(pins: PinStore, router: Router, interval_s: float, stop: asyncio.Event) -> None:
+    """Apply the pins another replica set, every ``interval_s``, until ``stop``."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        try:
+            current = await asyncio.to_thread(pins.current)
+        except Exception:  # the store is down: keep the pins in force, try again at the next tick
+            log.exception("cannot read the model pins")
+            continue
+        for model, version in current.items():
+            if model in router.breakers:
+                router.pin(model, version)
+
+
 def _breaker_entry(audit: AuditTrail) -> Listener:
     """Circuit transitions go to the ledger (the incident runbook's degrade step is on the record)."""
 
@@ -194,6 +214,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         audit.record("routes.loaded", "gateway", _routes_entry(settings))
         stats = StatsService(settings.ledger_store(), audit, lambda: policy.engine.files.privacy,
                              lambda: stats_api.public_keys(settings, policy.engine))  # fmt: skip
+        pins = PinStore(settings.ledger_store())
         backends = backend_factory(settings)
         monitor = Monitor(settings, metrics, audit, lambda: policy.engine.files.alerts)
         keys = APIKeyStore(settings.api_keys_db)
@@ -201,6 +222,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         if settings.auth.jwt is not None and settings.auth.jwt.jwks_url is not None:
             jwks_http = aiohttp.ClientSession(trust_env=False, timeout=aiohttp.ClientTimeout(total=10))
         stop = asyncio.Event()
+        refresher: asyncio.Task[None] | None = None
         watcher = asyncio.create_task(policy.watch(stop)) if settings.policy.watch else None
         interval = settings.stats.index_interval_s
         indexer = asyncio.create_task(stats.keep_up(interval, stop)) if interval > 0 else None
@@ -218,12 +240,16 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             guard = PIIGuard(pii, redactor, audit, vaults)
             router = Router(settings, backends)
             router.breaker_listeners.append(_breaker_entry(audit))
-            app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics)
+            for model, version in pins.current().items():  # pins set at run time outlive restarts
+                if model in router.breakers:
+                    router.pin(model, version)
+            app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics, pins)
+            refresher = asyncio.create_task(_follow_pins(pins, router, settings.pins.refresh_s, stop))
             yield
         finally:
             stop.set()
             await monitor.aclose()
-            for task in (watcher, indexer):
+            for task in (watcher, indexer, refresher):
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -238,6 +264,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             keys.close()
             vaults.close()
             stats.close()
+            pins.close()
             for backend in backends.values():
                 await backend.aclose()
 
@@ -257,6 +284,12 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         # unauthenticated on purpose: probes carry no credentials and reveal nothing but liveness
         Route("/admin/stats", guard("route:/admin/stats", "report", stats_api.stats), methods=["GET"]),
         Route("/metrics", guard("route:/metrics", "read", metrics_api.metrics), methods=["GET"]),
+        Route("/admin/models/{model:path}/pin", guard("route:/admin/models", "admin", models_admin.pin),
+              methods=["POST"]),
+        Route("/admin/models/{model:path}/rollback", guard("route:/admin/models", "admin", models_admin.rollback),
+              methods=["POST"]),
+        Route("/admin/models/{model:path}/pins", guard("route:/admin/models", "admin", models_admin.pins),
+              methods=["GET"]),
         Route("/healthz", models.healthz, methods=["GET"]),
         Route("/readyz", models.readyz, methods=["GET"]),
     ]  # fmt: skip

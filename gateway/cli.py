@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from gateway._cli import config_option, load_settings
+from gateway._cli import ca_option, config_option, load_settings, url_option
 from gateway.errors import ConfigError
 
 
@@ -40,10 +40,13 @@ def serve(config_file: Path | None, local_triton: bool | None) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @config_option
-def models(config_file: Path | None) -> None:
-    """List model routes and whether their backends report them ready."""
+@click.pass_context
+def models(ctx: click.Context, config_file: Path | None) -> None:
+    """List model routes and whether their backends report them ready; pin and roll back versions."""
+    if ctx.invoked_subcommand is not None:
+        return
     from gateway.app import build_backends
     from gateway.routing import Router
 
@@ -233,3 +236,47 @@ def policy_test(directory: Path | None) -> None:
     if failures:
         raise click.ClickException(f"{len(failures)} of {len(engine.files.tests)} policy tests failed")
     click.echo(f"all {len(engine.files.tests)} policy tests pass")
+
+
+_api_key = click.option("--api-key", envvar="GATEWAY_API_KEY", required=True,
+                        help="An API key with `admin` on /admin/models (also GATEWAY_API_KEY).")  # fmt: skip
+
+
+def _pin_call(config_file: Path | None, url: str | None, ca_file: Path | None, api_key: str, name: str,
+              action: str, body: dict[str, str] | None = None) -> None:  # fmt: skip
+    from urllib.parse import quote
+
+    from gateway._cli import api_client, api_error
+
+    with api_client(config_file, url, ca_file, api_key) as client:
+        r = client.post(f"/admin/models/{quote(name, safe='')}/{action}", json=body or {})
+    if r.status_code != 200:
+        raise api_error(r)
+    done = r.json()
+    click.echo(f"{done['model']}: version {done['previous'] or 'default'} -> {done['version'] or 'default'} "
+               f"({done['how']} by {done['pinned_by']} at {done['at']})")  # fmt: skip
+
+
+@models.command("pin")
+@config_option
+@url_option
+@ca_option
+@_api_key
+@click.argument("name")
+@click.argument("version")
+def models_pin(config_file: Path | None, url: str | None, ca_file: Path | None, api_key: str, name: str,
+               version: str) -> None:  # fmt: skip
+    """Serve VERSION of model NAME from now on, on every replica (Triton loads it first; no restart)."""
+    _pin_call(config_file, url, ca_file, api_key, name, "pin", {"version": version})
+
+
+@models.command("rollback")
+@config_option
+@url_option
+@ca_option
+@_api_key
+@click.argument("name")
+def models_rollback(config_file: Path | None, url: str | None, ca_file: Path | None, api_key: str,
+                    name: str) -> None:  # fmt: skip
+    """Serve the version model NAME used before its last change."""
+    _pin_call(config_file, url, ca_file, api_key, name, "rollback")

@@ -68,6 +68,12 @@ class NotFound(InvalidRequest):
     code = "model_not_found"
 
 
+class Conflict(InvalidRequest):
+    """The request conflicts with the current state, which it leaves unchanged (409)."""
+
+    status = 409
+
+
 class NotYetCheckpointed(InvalidRequest):
     """The entry exists but no signed checkpoint covers it yet; retry after the checkpoint interval."""
 

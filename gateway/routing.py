@@ -98,6 +98,7 @@ class Router:
         self.breaker_listeners: list[Listener] = []
         """Told of every circuit transition (the app writes a ledger entry); they must not raise."""
         self.breakers = {m.name: Breaker(m.name, m.breaker, self._changed) for m in settings.models}
+        self._configured = {m.name: m.version for m in settings.models}
         self._limits = dict(settings.backends)
         self.bulkheads = {name: Bulkhead(name, b.max_concurrency, b.max_queue, b.queue_timeout_s)
                           for name, b in settings.backends.items()}  # fmt: skip
@@ -126,6 +127,17 @@ class Router:
             what = "an embedding model" if r.route.kind == "embedding" else "a text generation model"
             raise InvalidRequest(f"model {name!r} is {what}", param="model", code="wrong_model_kind")
         return r
+
+    def configured_version(self, name: str) -> str:
+        return self._configured[name]
+
+    def pin(self, name: str, version: str) -> None:
+        """Make route ``name`` use ``version`` of its model ("" restores the configured version)."""
+        r = self._routes[name]
+        wanted = version or self._configured[name]
+        if r.target.version != wanted:  # one reference swap: a request resolves the old or the new target
+            self._routes[name] = replace(r, target=replace(r.target, version=wanted))
+            self._ready.pop(name, None)
 
     def _chain(self, name: str, kind: str) -> list[Resolved]:
         primary = self.resolve(name, kind)

@@ -8,13 +8,14 @@ import logging
 import signal
 
 import uvicorn
+from pydantic import SecretStr
 
 from backends.local.launcher import MODEL_SETS, LocalTriton
 from gateway.app import create_app, pii_check
 from gateway.authz.store import build as build_policy
 from gateway.errors import ConfigError, PolicyError
 from gateway.pii.guard import Analyzer
-from gateway.settings import LoggingSettings, Settings
+from gateway.settings import LoggingSettings, Settings, TritonBackendSettings
 from gateway.tls import ensure_certificates, server_context
 
 log = logging.getLogger("gateway")
@@ -91,6 +92,8 @@ def serve(settings: Settings) -> int:
                 log.error("%s", exc)
                 return 1
             log.info("local Triton ready on %s", local.grpc_url)
+        if local is not None:  # the embedded Triton's repository API takes its own token (pinning versions)
+            settings = with_repository_token(settings, local.admin_token)
         server = uvicorn_server(settings)
         with contextlib.suppress(KeyboardInterrupt):
             server.run()
@@ -102,6 +105,14 @@ def serve(settings: Settings) -> int:
             local.stop()
         if anvil is not None:
             anvil.stop()  # SIGTERM: anvil writes its --state file before it exits
+
+
+def with_repository_token(settings: Settings, token: str) -> Settings:
+    """``settings`` with ``token`` for the model-repository API of every backend on the embedded Triton."""
+    backends = {name: b.model_copy(update={"repository_token": SecretStr(token)})
+                if isinstance(b, TritonBackendSettings) and b.url == "embedded" and b.repository_token is None else b
+                for name, b in settings.backends.items()}  # fmt: skip
+    return settings.model_copy(update={"backends": backends})
 
 
 def configure_logging(settings: LoggingSettings | None = None) -> None:

@@ -79,6 +79,13 @@ class TritonBackendSettings(_BackendLimits):
     """Deadline for a whole generation (connect: connect_timeout_s; first byte: first_byte_timeout_s)."""
     connect_timeout_s: float = Field(5.0, gt=0)
     """Deadline for health and metadata calls."""
+    repository_token: SecretStr | None = None
+    """Token for Triton's model-repository API where the server restricts it (``--grpc-restricted-protocol``);
+    used to load a pinned version (``gateway models pin``). The embedded Triton's own token is used for it."""
+    repository_token_header: str = "triton-grpc-protocol-triton-access-token"
+    """The header the token is sent in (the key of ``--grpc-restricted-protocol=model-repository:KEY=VALUE``)."""
+    load_timeout_s: float = Field(300.0, gt=0)
+    """Deadline for loading a model version (a large TensorRT-LLM engine takes minutes)."""
     metrics_url: str | None = "auto"
     """Triton's Prometheus endpoint, read for GPU and queue metrics (``/metrics``, alerts). ``auto``: the gRPC host
     on port 8002 (``embedded``: local_triton.metrics_port); null: not read."""
@@ -276,6 +283,13 @@ class PIISettings(_Frozen):
     """Findings of recently seen texts, keyed by an HMAC of the text (chat turns resend earlier messages)."""
 
 
+class PinSettings(_Frozen):
+    """Model version pins set at run time (``gateway models pin``), shared by the replicas."""
+
+    refresh_s: float = Field(5.0, gt=0)
+    """How often a replica reads the pins the others may have changed."""
+
+
 class StatsSettings(_Frozen):
     """Differentially private statistics (budgets and bounds are policy: policies/privacy.yaml)."""
 
@@ -347,6 +361,7 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = LedgerSettings()
     pii: PIISettings = PIISettings()
     stats: StatsSettings = StatsSettings()
+    pins: PinSettings = PinSettings()
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertSettings = AlertSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from gateway.audit import AuditTrail
 from gateway.observability.metrics import Metrics
 from gateway.pii.guard import PIIGuard
+from gateway.pins import PinStore
 from gateway.routing import Router
 from gateway.security import Security
 from gateway.settings import Settings
@@ -42,6 +43,7 @@ class Gateway:
     pii: PIIGuard
     stats: StatsService
     metrics: Metrics
+    pins: PinStore
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

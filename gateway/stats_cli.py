@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,12 @@ from typing import Any
 import click
 import httpx
 
-from gateway._cli import config_option, load_settings
+from gateway._cli import api_client, api_error, ca_option, config_option, url_option
 
 
 @click.group()
 def stats() -> None:
     """Differentially private statistics over the ledger (docs/privacy.md)."""
-
-
-def _client(config_file: Path | None, url: str | None, ca_file: Path | None, api_key: str) -> httpx.Client:
-    settings = load_settings(config_file)
-    if url is None:
-        scheme = "https" if settings.tls.enabled else "http"
-        host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::", "") else settings.server.host
-        url = f"{scheme}://{host}:{settings.server.port}"
-    verify: ssl.SSLContext | bool = True
-    if url.startswith("https://"):
-        ca = ca_file or settings.state_dir / "tls" / "ca.pem"
-        verify = ssl.create_default_context(cafile=str(ca)) if ca.is_file() else True
-    return httpx.Client(base_url=url, verify=verify, trust_env=False, timeout=120,
-                        headers={"authorization": f"Bearer {api_key}"})  # fmt: skip
 
 
 def to_csv(answer: dict[str, Any]) -> str:
@@ -70,9 +55,8 @@ def to_csv(answer: dict[str, Any]) -> str:
 @click.option("--epsilon", type=float, default=None, help="Epsilon to spend (default: the policy's per-query one).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Default: stdout.")
-@click.option("--url", default=None, help="The gateway's base URL (default: from the config).")
-@click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help="CA that signed the gateway's certificate (default: the state dir's local CA).")  # fmt: skip
+@url_option
+@ca_option
 @click.option("--api-key", envvar="GATEWAY_API_KEY", required=True, help="An API key with `report` on /admin/stats "
               "(also GATEWAY_API_KEY).")  # fmt: skip
 def stats_export(config_file: Path | None, metric: str, group_by: str, start: str, end: str,
@@ -85,16 +69,12 @@ def stats_export(config_file: Path | None, metric: str, group_by: str, start: st
     if epsilon is not None:
         params["epsilon"] = repr(epsilon)
     try:
-        with _client(config_file, url, ca_file, api_key) as client:
+        with api_client(config_file, url, ca_file, api_key) as client:
             r = client.get("/admin/stats", params=params)
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach the gateway: {exc}") from None
     if r.status_code != 200:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        raise click.ClickException(f"{r.status_code}: {message}")
+        raise api_error(r)
     answer = r.json()
     text = json.dumps(answer, indent=2) + "\n" if fmt == "json" else to_csv(answer)
     if output is None:
