@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import aiohttp
 from redis.asyncio import Redis
@@ -41,6 +42,8 @@ from gateway.identity.jwt import JWTVerifier
 from gateway.observability.metrics import Metrics
 from gateway.observability.middleware import ERROR_CODE, Instrumented
 from gateway.observability.monitor import Monitor
+from gateway.observability.traced import Traced
+from gateway.observability.tracing import Tracing
 from gateway.pii.engine import PIIUnavailable
 from gateway.pii.guard import Analyzer, PIIGuard
 from gateway.pii.policy import check_profile
@@ -54,6 +57,9 @@ from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
 from gateway.state import Gateway, json_response, request_id
 from gateway.stats.service import StatsService
 from ledger.digest import load_or_create_key
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +189,14 @@ async def _analyzer(settings: Settings, given: Analyzer | None) -> AsyncIterator
 
 
 def create_app(settings: Settings, *, backend_factory: BackendFactory = build_backends,
-               analyzer: Analyzer | None = None) -> Starlette:  # fmt: skip
+               analyzer: Analyzer | None = None, span_exporter: SpanExporter | None = None) -> Starlette:  # fmt: skip
     """The ASGI app. The ledger, analyzer, policy and backends are built in the lifespan and closed when it ends.
 
     ``analyzer`` shares a running PII analyzer (tests start one per session); by default the app starts its
-    own worker processes.
+    own worker processes. ``span_exporter`` replaces the OTLP exporter when tracing is enabled (tests).
     """
     metrics = Metrics(settings.models)  # per app: tests run many apps in one process
+    tracing = Tracing(settings.tracing, span_exporter)  # per app too (gateway/observability/tracing.py)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -197,9 +204,11 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
 
         audit = await AuditTrail.open(settings, build_anchorer if settings.ledger.chain.enabled else None)
         try:
+            tracing.start()
             async with _analyzer(settings, analyzer) as pii, _serving(app, audit, pii):
                 yield
         finally:
+            await tracing.aclose()
             await audit.aclose()
 
     @asynccontextmanager
@@ -296,7 +305,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(Instrumented, metrics=metrics)],
+        middleware=[Middleware(Instrumented, metrics=metrics), Middleware(Traced, tracing=tracing)],
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.errors import AuditUnavailable, InternalError
+from gateway.observability.tracing import span
 from gateway.settings import Settings
 from ledger.anchorer import Anchorer
 from ledger.digest import BodyDigester, load_or_create_key
@@ -103,17 +104,19 @@ class AuditTrail:
             raise InternalError("internal error: an audit event could not be recorded") from None
 
     async def commit(self, kind: str, actor: str, data: dict[str, Any]) -> int:
-        try:
-            started = time.perf_counter()
-            seq = await self.ledger.commit(kind, actor, data)
-            if self.observe is not None:
-                self.observe(kind, actor, data, time.perf_counter() - started)
-            return seq
-        except LedgerUnavailable as exc:
-            raise AuditUnavailable(f"the audit ledger cannot record: {exc}") from None
-        except EntryError:
-            log.exception("an audit event of kind %s cannot be encoded", kind)
-            raise InternalError("internal error: an audit event could not be recorded") from None
+        with span("gateway.ledger.commit", {"gateway.ledger.kind": kind}) as s:  # the wait for the group commit
+            try:
+                started = time.perf_counter()
+                seq = await self.ledger.commit(kind, actor, data)
+                if self.observe is not None:
+                    self.observe(kind, actor, data, time.perf_counter() - started)
+                s.set_attribute("gateway.ledger.seq", seq)
+                return seq
+            except LedgerUnavailable as exc:
+                raise AuditUnavailable(f"the audit ledger cannot record: {exc}") from None
+            except EntryError:
+                log.exception("an audit event of kind %s cannot be encoded", kind)
+                raise InternalError("internal error: an audit event could not be recorded") from None
 
     def digest(self, body: bytes) -> str:
         return self.digester.digest(body)

@@ -32,6 +32,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.observability import tracing
 from gateway.settings import ModelRoute, Settings
 
 log = logging.getLogger(__name__)
@@ -152,30 +153,39 @@ class Router:
         chain = [r for i, r in enumerate(self._chain(name, "llm")) if i == 0 or permitted(r.route.name)]
         error: GatewayError | None = None
         for i, r in enumerate(chain):
-            entered = await self._enter(r)
-            if isinstance(entered, GatewayError):
-                error = error or entered
-                continue
-            breaker, bulkhead = entered
-            g = gen if gen.max_tokens is not None else replace(gen, max_tokens=r.route.default_max_tokens)
-            try:
-                stream, first = await self._open(r, g)
-            except UpstreamError as exc:
-                bulkhead.release()
-                breaker.failure(exc.message)
-                if i + 1 < len(chain):
-                    log.warning("model %r failed before its first byte (%s); falling back to %r",
-                                r.route.name, exc.message, chain[i + 1].route.name)  # fmt: skip
-                error = exc
-                continue
-            except BaseException:
-                bulkhead.release()
-                breaker.release()
-                raise
-            breaker.success()
-            return Answer(r, first, stream, fallback_used=i > 0, release=bulkhead.release)
+            with tracing.span("gateway.backend", self._attributes(r, "generate", i > 0)) as span:
+                entered = await self._enter(r)
+                if isinstance(entered, GatewayError):
+                    tracing.failed(span, entered)
+                    error = error or entered
+                    continue
+                breaker, bulkhead = entered
+                g = gen if gen.max_tokens is not None else replace(gen, max_tokens=r.route.default_max_tokens)
+                try:
+                    stream, first = await self._open(r, g)
+                except UpstreamError as exc:
+                    bulkhead.release()
+                    breaker.failure(exc.message)
+                    tracing.failed(span, exc)
+                    if i + 1 < len(chain):
+                        log.warning("model %r failed before its first byte (%s); falling back to %r",
+                                    r.route.name, exc.message, chain[i + 1].route.name)  # fmt: skip
+                    error = exc
+                    continue
+                except BaseException:
+                    bulkhead.release()
+                    breaker.release()
+                    raise
+                breaker.success()
+                return Answer(r, first, stream, fallback_used=i > 0, release=bulkhead.release)
         assert error is not None
         raise error
+
+    def _attributes(self, r: Resolved, operation: str, fallback: bool) -> dict[str, str | bool]:
+        """The span attributes of an attempt on route ``r``: configured names only."""
+        return {"gateway.operation": operation, "gateway.model": r.route.name, "gateway.backend.name": r.route.backend,
+                "gen_ai.request.model": r.target.model, "gateway.model.version": r.target.version,
+                "gateway.fallback": fallback, "gateway.breaker.state": self.breakers[r.route.name].state}  # fmt: skip
 
     async def _enter(self, r: Resolved) -> tuple[Breaker, Bulkhead] | GatewayError:
         """The route's breaker and a slot of its backend's bulkhead, or why the route cannot be tried now."""
@@ -195,8 +205,9 @@ class Router:
         for attempt in range(limits.retries + 1):
             stream = r.backend.generate(r.target, gen)
             try:
-                async with asyncio.timeout(limits.first_byte_timeout_s):  # no extra task, unlike wait_for
-                    first = await anext(stream)
+                with tracing.span("gateway.backend.first_byte", {"gateway.backend.try": attempt}):
+                    async with asyncio.timeout(limits.first_byte_timeout_s):  # no extra task, unlike wait_for
+                        first = await anext(stream)
             except TimeoutError:
                 await _aclose(stream)
                 raise UpstreamTimeout(f"model {r.route.name!r} sent nothing within "
@@ -221,24 +232,27 @@ class Router:
         chain = [r for i, r in enumerate(self._chain(name, "embedding")) if i == 0 or permitted(r.route.name)]
         error: GatewayError | None = None
         for i, r in enumerate(chain):
-            entered = await self._enter(r)
-            if isinstance(entered, GatewayError):
-                error = error or entered
-                continue
-            breaker, bulkhead = entered
-            try:
-                result = await r.backend.embed(r.target, inputs)
-            except UpstreamError as exc:
-                breaker.failure(exc.message)
-                error = exc
-                continue
-            except BaseException:
-                breaker.release()
-                raise
-            finally:
-                bulkhead.release()
-            breaker.success()
-            return r, result, i > 0
+            with tracing.span("gateway.backend", self._attributes(r, "embed", i > 0)) as span:
+                entered = await self._enter(r)
+                if isinstance(entered, GatewayError):
+                    tracing.failed(span, entered)
+                    error = error or entered
+                    continue
+                breaker, bulkhead = entered
+                try:
+                    result = await r.backend.embed(r.target, inputs)
+                except UpstreamError as exc:
+                    breaker.failure(exc.message)
+                    tracing.failed(span, exc)
+                    error = exc
+                    continue
+                except BaseException:
+                    breaker.release()
+                    raise
+                finally:
+                    bulkhead.release()
+                breaker.success()
+                return r, result, i > 0
         assert error is not None
         raise error
 

@@ -20,6 +20,7 @@ from gateway.authz.store import PolicyStore
 from gateway.errors import GatewayError, PermissionDenied, RateLimited
 from gateway.identity.authenticate import Authenticator
 from gateway.identity.principal import Principal
+from gateway.observability import tracing
 
 PRINCIPAL = "gateway.principal"
 Endpoint = Callable[[Request], Awaitable[Any]]
@@ -43,6 +44,7 @@ async def authorize(policy: PolicyStore, audit: AuditSink, principal: Principal,
     engine = policy.engine
     d = engine.decide(principal, obj, act)
     data = {"object": obj, "action": act, "allowed": d.allowed, "rule": d.rule, "policy_version": engine.version}
+    tracing.with_trace_id(data)
     if principal.owner:
         data["owner"] = principal.owner  # the privacy unit of statistics (one owner, several keys)
     if d.allowed:
@@ -70,11 +72,17 @@ class Security:
         self.limiter: Limiter = LocalLimiter() if limiter is None else limiter
 
     async def _check(self, principal: Principal, obj: str, act: str) -> None:
-        await authorize(self.policy, self.audit, principal, obj, act)
+        # A model object names what the body asked for, which may be anything: only its kind is an attribute.
+        what = obj if obj.startswith("route:") else obj.partition(":")[0]
+        with tracing.span("gateway.authz", {"gateway.authz.action": act, "gateway.authz.object": what}) as span:
+            await authorize(self.policy, self.audit, principal, obj, act)
+            span.set_attribute("gateway.authz.allowed", True)
 
     async def enter(self, request: Request, obj: str, act: str) -> Principal:
         """Authenticate the caller and check the route permission; the principal is kept on the request."""
-        principal = await self.authenticator.authenticate(request.headers)
+        with tracing.span("gateway.authn") as span:
+            principal = await self.authenticator.authenticate(request.headers)
+            span.set_attribute("gateway.authn.kind", principal.kind)
         await self._check(principal, obj, act)
         request.scope[PRINCIPAL] = principal
         return principal
@@ -94,10 +102,11 @@ class Security:
             if max_tokens is not None and limits.max_tokens is not None and max_tokens > limits.max_tokens:
                 raise PermissionDenied(f"permission denied: max_tokens above {limits.max_tokens} is not allowed "
                                        "for your roles", param="max_tokens")  # fmt: skip
-            windows = await self.limiter.admit(principal.subject, model, limits)
+            with tracing.span("gateway.ratelimit"):
+                windows = await self.limiter.admit(principal.subject, model, limits)
         except GatewayError as exc:
-            await self.audit.commit("authz.limit", principal.subject, {"model": model, "refused": exc.message,
-                                                                       "reason": _reason(exc)})  # fmt: skip
+            await self.audit.commit("authz.limit", principal.subject, tracing.with_trace_id(
+                {"model": model, "refused": exc.message, "reason": _reason(exc)}))  # fmt: skip
             raise
         return Admission(principal, limits, windows)
 

@@ -331,6 +331,37 @@ class LoggingSettings(_Frozen):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class TracingSettings(_Frozen):
+    """OpenTelemetry spans of the request path, exported over OTLP (docs/operations.md). Off by default; every
+    request has a trace id either way (the ``x-trace-id`` header, the ledger, the logs)."""
+
+    enabled: bool = False
+    protocol: Literal["http", "grpc"] = "http"
+    """``http``: OTLP/HTTP with protobuf bodies; ``grpc``: OTLP/gRPC."""
+    endpoint: str | None = None
+    """The collector. http: the traces URL (default ``http://127.0.0.1:4318/v1/traces``); grpc: ``scheme://host:port``
+    (default ``http://127.0.0.1:4317``). ``https`` is TLS, ``http`` plaintext."""
+    ca_file: Path | None = None
+    """CA certificates that verify an ``https`` endpoint; default the system's."""
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    """Sent with every export (a hosted collector's API key)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Deadline for one export (it runs on the exporter's thread, never on a request)."""
+    service_name: str = Field("llm-gateway", min_length=1)
+    resource: dict[str, str] = Field(default_factory=dict)
+    """More resource attributes of every span (``deployment.environment.name: prod``)."""
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    """Share of new traces recorded. A caller's ``traceparent`` decides for its own trace (parent-based)."""
+    max_queue_size: int = Field(2048, ge=1)
+    """Ended spans waiting for export; when full, new ones are dropped (a slow collector never blocks a request)."""
+
+    @model_validator(mode="after")
+    def _scheme(self) -> TracingSettings:
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError("endpoint must start with http:// or https://")
+        return self
+
+
 def _default_backends() -> dict[str, TritonBackendSettings | OpenAIBackendSettings]:
     return {"local": TritonBackendSettings(kind="triton", url="embedded")}
 
@@ -365,6 +396,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertSettings = AlertSettings()
     logging: LoggingSettings = LoggingSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _references(self) -> Settings:

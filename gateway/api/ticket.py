@@ -18,6 +18,7 @@ from starlette.requests import Request
 from backends.base import Delta, Usage
 from gateway.api.body import RAW_BODY
 from gateway.observability.middleware import STARTED
+from gateway.observability.tracing import with_trace_id
 from gateway.security import Admission
 from gateway.state import Gateway, request_id
 
@@ -90,5 +91,5 @@ async def admit(request: Request, gw: Gateway, adm: Admission, model: str, **det
     rid = request_id(request.scope)
     data = {"request_id": rid, "model": model, "roles": sorted(adm.principal.roles), **details,
             "request_digest": gw.audit.digest(request.scope.get(RAW_BODY, b""))}  # fmt: skip
-    seq = await gw.audit.commit("request.admitted", adm.principal.subject, data)
+    seq = await gw.audit.commit("request.admitted", adm.principal.subject, with_trace_id(data))
     return Ticket(gw, adm.principal.subject, rid, seq, model, request.scope.get(STARTED))

@@ -14,6 +14,7 @@ from gateway.identity import apikeys
 from gateway.identity.apikeys import APIKeyStore
 from gateway.identity.jwt import JWTVerifier, TokenError
 from gateway.identity.principal import Principal
+from gateway.observability.tracing import with_trace_id
 
 
 class Authenticator:
@@ -27,7 +28,7 @@ class Authenticator:
         try:
             return await self._authenticate(headers)
         except Unauthenticated as exc:
-            await self._audit.commit("authn.failed", "anonymous", {"reason": exc.message})
+            await self._audit.commit("authn.failed", "anonymous", with_trace_id({"reason": exc.message}))
             raise
 
     async def _authenticate(self, headers: Headers) -> Principal:

@@ -1,9 +1,9 @@
 """Structured logs: one JSON object per line on stderr, carrying the request id of the request being served.
 
 ``configure`` is called by ``gateway serve`` (never at import). Each line has ``ts`` (UTC, ISO 8601), ``level``,
-``logger``, ``message``, ``request_id`` when a request is being served (the middleware sets ``REQUEST_ID``;
-tasks a request starts inherit it), ``exc`` with a traceback, and any ``extra`` fields the call passed (such as
-``event`` and ``alert`` for alerts).
+``logger``, ``message``, ``request_id`` and ``trace_id`` when a request is being served (the middlewares set
+``REQUEST_ID`` and ``tracing.TRACE_ID``; tasks a request starts inherit them), ``exc`` with a traceback, and any
+``extra`` fields the call passed (such as ``event`` and ``alert`` for alerts).
 
 No PII in logs: the gateway logs ids, model names, codes and counts, never a prompt, an answer or a header.
 tests/gateway/test_logs.py sends requests full of personal data through every error path and checks that no
@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from gateway.observability.tracing import TRACE_ID
 from gateway.settings import LoggingSettings
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("gateway_request_id", default=None)
@@ -42,6 +43,9 @@ class JSONFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None) or REQUEST_ID.get()
         if rid is not None:
             out["request_id"] = rid
+        tid = TRACE_ID.get()
+        if tid is not None:
+            out["trace_id"] = tid
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in _DROP and key not in out:
                 out[key] = value

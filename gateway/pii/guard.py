@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from backends.base import Generation
 from gateway.audit import AuditSink
 from gateway.errors import InvalidRequest, PermissionDenied, RedactionUnavailable
+from gateway.observability import tracing
 from gateway.pii import fields
 from gateway.pii.engine import Finding, PIIUnavailable
 from gateway.pii.policy import PIIRules
@@ -64,9 +65,15 @@ class PIIGuard:
 
     async def redact_request(self, gen: Generation, rules: PIIRules, subject: str,
                              conversation: str | None) -> tuple[Generation, Counts, Vault | None]:  # fmt: skip
-        """``gen`` redacted, with its pseudonym vault: none, one for this request, or the conversation's.
+        """``gen`` redacted, with its pseudonym vault: none, one for this request, or the conversation's."""
+        with tracing.span("gateway.pii.request") as span:
+            out = await self._redact_request(gen, rules, subject, conversation)
+            span.set_attribute("gateway.pii.findings", sum(out[1].values()))
+            return out
 
-        A conversation's vault is loaded, used and stored back with a compare-and-swap on its version, under
+    async def _redact_request(self, gen: Generation, rules: PIIRules, subject: str,
+                              conversation: str | None) -> tuple[Generation, Counts, Vault | None]:  # fmt: skip
+        """A conversation's vault is loaded, used and stored back with a compare-and-swap on its version, under
         a lock per conversation in this process; when another replica changed it meanwhile, the work is
         redone on the new version, so two values never get the same placeholder."""
         if not rules.pseudonymize or rules.conversation_ttl_s is None or conversation is None or self.vaults is None:
@@ -149,6 +156,13 @@ class PIIGuard:
     async def answer(self, text: str, extra: dict[str, Any] | None, rules: PIIRules, subject: str,
                      vault: Vault | None) -> tuple[str, dict[str, Any] | None, Counts]:  # fmt: skip
         """A whole answer (and its tool calls) as the caller may see it."""
+        with tracing.span("gateway.pii.answer", {"gateway.pii.stream": False}) as span:
+            out = await self._answer(text, extra, rules, subject, vault)
+            span.set_attribute("gateway.pii.findings", sum(out[2].values()))
+            return out
+
+    async def _answer(self, text: str, extra: dict[str, Any] | None, rules: PIIRules, subject: str,
+                      vault: Vault | None) -> tuple[str, dict[str, Any] | None, Counts]:  # fmt: skip
         if rules.see_unredacted:
             mapping = vault.values if vault else {}
             if extra:
@@ -200,7 +214,10 @@ class StreamFilter:
         return window
 
     async def _analyze_one(self, text: str) -> list[Finding]:
-        return (await self.guard._analyze([text], self.rules, self.subject, self._state))[0]
+        with tracing.span("gateway.pii.answer", {"gateway.pii.stream": True}) as span:  # one per window analyzed
+            found = (await self.guard._analyze([text], self.rules, self.subject, self._state))[0]
+            span.set_attribute("gateway.pii.findings", len(found))
+            return found
 
     def _apply(self, text: str, findings: Sequence[Finding]) -> str:
         out, counts = self.guard.redactor.apply(text, findings, self.rules, "response", self.vault)
