@@ -26,6 +26,7 @@ from backends.base import Backend
 from backends.openai_http import OpenAIHTTPBackend
 from backends.triton import TritonBackend
 from gateway.api import admin, embeddings, generate, ledger, models, models_admin
+from gateway.api import fairness as fairness_api
 from gateway.api import metrics as metrics_api
 from gateway.api import stats as stats_api
 from gateway.audit import AuditTrail
@@ -36,6 +37,7 @@ from gateway.authz.shared_limits import RedisLimiter
 from gateway.authz.store import PolicyStore
 from gateway.breaker import Listener
 from gateway.errors import ConfigError, GatewayError, InternalError, MethodNotAllowed, NotFound, PolicyError
+from gateway.fairness.service import FairnessService
 from gateway.identity.apikeys import APIKeyStore
 from gateway.identity.authenticate import Authenticator
 from gateway.identity.jwt import JWTVerifier
@@ -224,6 +226,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         stats = StatsService(settings.ledger_store(), audit, lambda: policy.engine.files.privacy,
                              lambda: stats_api.public_keys(settings, policy.engine))  # fmt: skip
         pins = PinStore(settings.ledger_store())
+        fairness = FairnessService(settings, audit, policy, metrics)
         backends = backend_factory(settings)
         monitor = Monitor(settings, metrics, audit, lambda: policy.engine.files.alerts)
         keys = APIKeyStore(settings.api_keys_db)
@@ -252,11 +255,13 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             for model, version in pins.current().items():  # pins set at run time outlive restarts
                 if model in router.breakers:
                     router.pin(model, version)
-            app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics, pins)
+            app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics, pins, fairness)
+            fairness.start(router)
             refresher = asyncio.create_task(_follow_pins(pins, router, settings.pins.refresh_s, stop))
             yield
         finally:
             stop.set()
+            await fairness.aclose()  # first: a scheduled audit in progress uses the router and the ledger
             await monitor.aclose()
             for task in (watcher, indexer, refresher):
                 if task is not None:
@@ -299,6 +304,12 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
               methods=["POST"]),
         Route("/admin/models/{model:path}/pins", guard("route:/admin/models", "admin", models_admin.pins),
               methods=["GET"]),
+        Route("/admin/fairness/audits", guard("route:/admin/fairness/audits", "report", fairness_api.list_audits),
+              methods=["GET"]),
+        Route("/admin/fairness/audits/{audit_id}", guard("route:/admin/fairness/audits", "report",
+                                                         fairness_api.get_audit), methods=["GET"]),
+        Route("/admin/fairness/outcomes", guard("route:/admin/fairness/outcomes", "label",
+                                                fairness_api.upload_outcomes), methods=["POST"]),
         Route("/healthz", models.healthz, methods=["GET"]),
         Route("/readyz", models.readyz, methods=["GET"]),
     ]  # fmt: skip

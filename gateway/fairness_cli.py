@@ -1,6 +1,7 @@
-"""``gateway fairness``: list the probe sets of the policy folder, and run one against a model (docs/fairness.md).
+"""``gateway fairness``: list the audits of the policy folder, and run one against a model (docs/fairness.md).
 
-``run`` is the gateway in-process, less HTTP and PII analysis: the configured ledger store, policy folder,
+Outcome audits and ``outcomes upload`` are in ``gateway.fairness_outcomes_cli``. For a probe set, ``run`` is
+the gateway in-process, less HTTP and PII analysis: the configured ledger store, policy folder,
 routes and backends, and the audit runner (``gateway.fairness.runner``), so the probes take the same path
 and the same policy decisions as a running gateway's own audits would.
 
@@ -11,7 +12,8 @@ commits for that long could exhaust the writer's conflict retries and stop its l
 the running gateway instead would need an admin API for audits (not there yet) and would put the probes
 through PII redaction, which destroys them (docs/fairness.md). So ``run`` writes a log of its own,
 ``<ledger.origin>/fairness``, in the same store and signed with the same checkpoint key: one writer per log,
-as with replicas. A lock file in the ledger folder keeps two runs on one host from sharing it.
+as with replicas. A lock file in the ledger folder keeps two runs on one host from sharing it. Results also go
+to the results store beside the ledger (``GET /admin/fairness/audits``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import fcntl
 import getpass
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import Any
 import click
 
 from gateway._cli import config_option, load_settings
+from gateway.fairness_outcomes_cli import audit_outcomes, describe_outcome, outcomes
 from gateway.settings import Settings
 
 LOG_SUFFIX = "/fairness"
@@ -36,15 +40,18 @@ LOG_SUFFIX = "/fairness"
 
 @click.group()
 def fairness() -> None:
-    """Counterfactual probe audits of generative models (probe sets in policies/fairness/)."""
+    """Fairness audits: probe sets of generative models, outcome audits of decision models (policies/fairness/)."""
 
 
-def _probe_sets(settings: Settings) -> Any:
+fairness.add_command(outcomes)
+
+
+def _policy_files(settings: Settings) -> Any:
     from gateway.authz import files
     from gateway.errors import PolicyError
 
     try:
-        return files.load(settings.policy.dir).fairness
+        return files.load(settings.policy.dir)
     except PolicyError as exc:
         raise click.ClickException(f"policy: {exc}") from None
 
@@ -52,14 +59,20 @@ def _probe_sets(settings: Settings) -> Any:
 @fairness.command("list")
 @config_option
 def list_sets(config_file: Path | None) -> None:
-    """The probe sets, with their models, attributes and requests per audited model."""
-    sets = _probe_sets(load_settings(config_file))
-    click.echo(f"{'NAME':<24}  {'ATTRIBUTES':<24}  {'REQUESTS':>8}  {'SCHEDULE':<14}  MODELS")
-    for entry in sets:
+    """The audits, with their kind, models, attributes, schedule and requests per audited model (probe sets)."""
+    files = _policy_files(load_settings(config_file))
+    click.echo(f"{'NAME':<24}  {'KIND':<7}  {'ATTRIBUTES':<24}  {'REQUESTS':>8}  {'SCHEDULE':<14}  MODELS")
+    for entry in files.fairness:
         p = entry.probes
         when = "-" if p.schedule is None else p.schedule.every or p.schedule.cron
         requests = sum(p.requests(a) for a in p.attributes)
-        click.echo(f"{p.name:<24}  {','.join(p.attributes):<24}  {requests:>8}  {when:<14}  {', '.join(p.models)}")
+        click.echo(f"{p.name:<24}  {'probe':<7}  {','.join(p.attributes):<24}  {requests:>8}  {when:<14}  "
+                   f"{', '.join(p.models)}")  # fmt: skip
+    for entry in files.outcome_audits:
+        a = entry.audit
+        when = "-" if a.schedule is None else a.schedule.every or a.schedule.cron
+        click.echo(f"{a.name:<24}  {'outcome':<7}  {a.attribute.name:<24}  {'-':>8}  {when:<14}  "
+                   f"{', '.join(a.models)}")  # fmt: skip
 
 
 @fairness.command("run")
@@ -69,7 +82,7 @@ def list_sets(config_file: Path | None) -> None:
     "--model",
     "models",
     multiple=True,
-    help="A model route to audit; repeat for several (default: the probe set's models).",
+    help="A model route to audit; repeat for several (default: the audit's models).",
 )
 @click.option("--attribute", "attributes", multiple=True, help="Audit only this attribute; repeat for several.")
 @click.option(
@@ -84,18 +97,25 @@ def run(
     concurrency: int,
     as_json: bool,
 ) -> None:
-    """Run the probe set NAME against its models; exit 1 unless every audit passes."""
+    """Run the audit NAME (a probe set or an outcome audit) against its models; exit 1 unless every audit passes."""
     settings = load_settings(config_file)
     own = settings.model_copy(
         update={"ledger": settings.ledger.model_copy(update={"origin": settings.ledger.origin + LOG_SUFFIX})}
     )
+    outcome = next((e for e in _policy_files(settings).outcome_audits if e.audit.name == name), None)
+    if outcome is not None and attributes:
+        raise click.ClickException(f"{name} is an outcome audit: it has one attribute, and no --attribute")
     with _lock(settings):
-        results = asyncio.run(_audit(own, name, models, attributes, concurrency))
+        if outcome is not None:
+            results = asyncio.run(audit_outcomes(own, outcome, models))
+        else:
+            results = asyncio.run(_audit(own, name, models, attributes, concurrency))
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=2))
     else:
+        show = describe_outcome if outcome is not None else describe
         for r in results:
-            click.echo("\n".join(describe(r, own.ledger.origin)))
+            click.echo("\n".join(show(r, own.ledger.origin)))
     if any(r.status != "pass" for r in results):
         sys.exit(1)
 
@@ -123,7 +143,9 @@ async def _audit(
     from gateway.authz.store import PolicyStore
     from gateway.errors import ConfigError, GatewayError, PolicyError
     from gateway.fairness._compute import worker_pool
+    from gateway.fairness.report import record_of
     from gateway.fairness.runner import AuditServices, plan, run_audit
+    from gateway.fairness.store import FairnessStore, fairness_url
     from gateway.routing import Router
     from ledger.log import LedgerUnavailable
     from ledger.store import StoreError
@@ -150,10 +172,12 @@ async def _audit(
         except (ValueError, ConfigError) as exc:
             raise click.ClickException(str(exc)) from None
         services = AuditServices(router, policy, audit)
+        store = FairnessStore(fairness_url(settings.ledger_store()))
         results = []
         with click.progressbar(length=total, label=f"probing ({name})", file=sys.stderr, show_pos=True) as bar:
             async with worker_pool() as pool:
                 for model in models or entry.probes.models:
+                    started = time.time()
                     try:
                         results.append(
                             await run_audit(
@@ -169,6 +193,9 @@ async def _audit(
                         )
                     except GatewayError as exc:
                         raise click.ClickException(f"{model}: {exc.message}") from None
+                    store.save_audit(record_of(results[-1], started=started, finished=time.time(),
+                                               log=settings.ledger.origin))  # fmt: skip
+        store.close()
         return results
     finally:
         for backend in backends.values():

@@ -323,6 +323,25 @@ class AlertSettings(_Frozen):
     webhook_backoff_s: float = Field(1.0, ge=0)
 
 
+class FairnessSettings(_Frozen):
+    """Fairness audits (docs/fairness.md): decision records, outcome uploads and the scheduler; what is audited
+    and how is policy (``policies/fairness/``)."""
+
+    scheduler: bool = True
+    """Run the audits that have a ``schedule``, each slot on exactly one replica."""
+    scheduler_interval_s: float = Field(60.0, gt=0)
+    """How often the scheduler looks for due audits (and, hourly, deletes expired decision records)."""
+    probe_concurrency: int = Field(4, ge=1, le=64)
+    """Probe requests in flight at once in a scheduled probe audit."""
+    record_timeout_s: float = Field(5.0, gt=0)
+    """The longest a request to a decision model waits for its decision record (``on_record_error:
+    fail_closed``) before it fails with 503."""
+    record_queue: int = Field(10_000, ge=1)
+    """Decision records waiting to be written; beyond this a record fails (as its audit's on_record_error says)."""
+    max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """Largest outcomes CSV ``POST /admin/fairness/outcomes`` accepts (413 above)."""
+
+
 class LoggingSettings(_Frozen):
     """Logs of ``gateway serve`` on stderr."""
 
@@ -395,6 +414,7 @@ class Settings(BaseSettings):
     pins: PinSettings = PinSettings()
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertSettings = AlertSettings()
+    fairness: FairnessSettings = FairnessSettings()
     logging: LoggingSettings = LoggingSettings()
     tracing: TracingSettings = TracingSettings()
 

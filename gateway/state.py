@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.audit import AuditTrail
+from gateway.fairness.service import FairnessService
 from gateway.observability.metrics import Metrics
 from gateway.pii.guard import PIIGuard
 from gateway.pins import PinStore
@@ -44,6 +45,7 @@ class Gateway:
     stats: StatsService
     metrics: Metrics
     pins: PinStore
+    fairness: FairnessService
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

@@ -72,9 +72,11 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
     engine = gw.security.policy.engine
     rules = engine.pii(adm.principal, model)
     conversation = request.headers.get("x-conversation-id")
+    gen, decision = gw.fairness.recorder.expect(model, request.headers, gen)  # a decision model's audit attribute
     gen, found, vault = await gw.pii.redact_request(gen, rules, subject, conversation)
     ticket = await admit(request, gw, adm, model, route=path, stream=gen.stream, max_tokens=gen.max_tokens,
                          pii=counts_json(found))  # fmt: skip
+    ticket.decision = decision
     try:
         # A fallback serves only if the caller may use it and its PII rules are the same: the request was
         # redacted, and the answer will be, by the requested model's rules.
@@ -104,6 +106,7 @@ async def _respond(request: Request, gw: Gateway, shape: render.Shape, model: st
             finish = delta.finish_reason or finish
             usage = delta.usage or usage
         text, shown, found_out = await gw.pii.answer("".join(pieces), extra or None, rules, subject, vault)
+        await ticket.decided(text, answer.resolved)
         extra = shown or {}
         outcome, status = "ok", 200
     except GatewayError as exc:
@@ -157,6 +160,7 @@ async def _events(shape: render.Shape, rid: str, answer: Answer, include_usage: 
             yield event(render.chunk(shape, rid, created, model, Delta(text=text, extra=extra)))
         if include_usage and usage is not None:
             yield event(render.chunk(shape, rid, created, model, None, usage_only=usage))
+        await ticket.decided("".join(sent), answer.resolved)
         outcome, status = "ok", 200
     except GatewayError as exc:
         outcome, status = "error", exc.status

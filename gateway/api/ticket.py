@@ -5,6 +5,8 @@ backend without a durable trace. ``Ticket.close`` queues ``request.completed`` w
 the served model, token counts, latency and a keyed digest of the response; the bodies
 themselves are never stored. The same moment updates the model metrics (``gateway.observability``):
 time to first token and inter-token latency come from the times the generation path notes on the ticket.
+A request to a decision model carries its pending decision record (``gateway.fairness.recorder``), which
+``decided`` writes once the answer is complete.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from starlette.requests import Request
 
 from backends.base import Delta, Usage
 from gateway.api.body import RAW_BODY
+from gateway.fairness.recorder import Pending
 from gateway.observability.middleware import STARTED
 from gateway.observability.tracing import with_trace_id
+from gateway.routing import Resolved
 from gateway.security import Admission
 from gateway.state import Gateway, request_id
 
@@ -39,6 +43,8 @@ class Ticket:
     last_at: float | None = None
     deltas: int = 0
     refused: bool = False
+    decision: Pending | None = None
+    """The decision record to write for a decision model's answer (outcome audits)."""
 
     def delta(self, delta: Delta) -> Delta:
         """Count a generated delta (time is taken at the first and the last only: this runs per token)."""
@@ -54,6 +60,13 @@ class Ticket:
             self.last_at = time.perf_counter()
         if delta.finish_reason == "content_filter" or (delta.extra and delta.extra.get("refusal")):
             self.refused = True
+
+    async def decided(self, answer: str, resolved: Resolved) -> None:
+        """Record the decision in the complete ``answer`` of ``resolved``'s model, for a decision model; raises
+        AuditUnavailable when the record fails and its audit fails closed."""
+        if self.decision is not None:
+            await self.gw.fairness.recorder.record(self.decision, self.request_id, resolved.route.name,
+                                                   resolved.target.version, answer)  # fmt: skip
 
     def close(self, outcome: str, *, status: int = 200, model: str | None = None, fallback_used: bool = False,
               usage: Usage | None = None, response: bytes | None = None,

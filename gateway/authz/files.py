@@ -11,7 +11,7 @@ reason, anything that is not exactly one of:
 The folder holds ``model.conf``, ``policy.csv`` and/or ``policy.d/*.csv``, ``limits.yaml``,
 ``pii.yaml`` (``gateway.pii.policy``), ``privacy.yaml`` (``gateway.stats.policy``), ``alerts.yaml``
 (``gateway.observability.alerts_policy``), ``tests.yaml`` and ``fairness/*.yaml`` (probe sets:
-``gateway.fairness.probeset``).
+``gateway.fairness.probeset``; outcome audits, ``kind: outcome``: ``gateway.fairness.decisions``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from casbin.model import Model
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import PolicyError
+from gateway.fairness.decisions import DecisionAudit, DecisionAuditFile
 from gateway.fairness.probeset import ProbeSet, ProbeSetFile
 from gateway.observability.alerts_policy import AlertPolicy
 from gateway.pii.policy import PIIPolicy
 from gateway.stats.policy import PrivacyPolicy
 
-ACTIONS = frozenset({"infer", "embed", "read", "admin", "report", "*"})
+ACTIONS = frozenset({"infer", "embed", "read", "admin", "report", "label", "*"})
 REQUEST = ["sub", "roles", "obj", "act"]
 _SUBJECT = re.compile(r"^(role|user|apikey):[A-Za-z0-9_.@:-]+$")
 _OBJECT = re.compile(r"^(route:/[A-Za-z0-9_./{}-]*|model:[A-Za-z0-9_.:-]*)\*?$")
@@ -93,6 +94,8 @@ class PolicyFiles:
     """Counterfactual probe sets (``fairness/*.yaml``), in file name order."""
     alerts: AlertPolicy = field(default_factory=AlertPolicy)
     """Alert rules (``alerts.yaml``), evaluated by the gateway (``gateway.observability``)."""
+    outcome_audits: tuple[DecisionAuditFile, ...] = ()
+    """Outcome audits of decision models (``fairness/*.yaml`` with ``kind: outcome``), in file name order."""
 
     @property
     def digest(self) -> str:
@@ -169,14 +172,17 @@ def _csv(path: Path, text: str, rules: list[list[str]], groupings: list[list[str
             raise PolicyError(f"{where}: unknown line type {kind!r} (p or g)")
 
 
-def _yaml(path: Path, text: str, schema: type[BaseModel]) -> Any:
+def _load_yaml(path: Path, text: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise PolicyError(
             f"{path}:{mark.line + 1 if mark else '?'}: invalid YAML: {getattr(exc, 'problem', exc)}"
         ) from None
+
+
+def _validate(path: Path, data: Any, schema: type[BaseModel]) -> Any:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
@@ -184,6 +190,10 @@ def _yaml(path: Path, text: str, schema: type[BaseModel]) -> Any:
         key = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         raise PolicyError(f"{path}: {key}: {msg}" if key else f"{path}: {msg}") from None
+
+
+def _yaml(path: Path, text: str, schema: type[BaseModel]) -> Any:
+    return _validate(path, _load_yaml(path, text), schema)
 
 
 def load(root: Path) -> PolicyFiles:
@@ -206,20 +216,42 @@ def load(root: Path) -> PolicyFiles:
     privacy = _yaml(root / "privacy.yaml", _read(root / "privacy.yaml", root, digests), PrivacyPolicy)
     alerts = _yaml(root / "alerts.yaml", _read(root / "alerts.yaml", root, digests), AlertPolicy)
     tests = _yaml(root / "tests.yaml", _read(root / "tests.yaml", root, digests), PolicyTests)
-    fairness = _probe_sets(root, digests)
+    fairness, outcome_audits = _fairness(root, digests)
     return PolicyFiles(model_text, rules, groupings, limits, pii, privacy, tests.tests, digests, fairness,
-                       alerts=alerts)  # fmt: skip
+                       alerts=alerts, outcome_audits=outcome_audits)  # fmt: skip
 
 
-def _probe_sets(root: Path, digests: dict[str, str]) -> tuple[ProbeSetFile, ...]:
-    out: dict[str, ProbeSetFile] = {}
+def _fairness(root: Path, digests: dict[str, str]) -> tuple[tuple[ProbeSetFile, ...], tuple[DecisionAuditFile, ...]]:
+    """The probe sets and the outcome audits (``kind: outcome``) of ``fairness/``; one name space for both, and
+    a model in at most one outcome audit (its requests carry one audit's attribute)."""
+    probes: dict[str, ProbeSetFile] = {}
+    outcomes: dict[str, DecisionAuditFile] = {}
+    audited: dict[str, str] = {}
     stray = sorted((root / "fairness").glob("*.yml"))
     if stray:  # would be ignored: refused, so that a probe set never silently stops being one
         raise PolicyError(f"{stray[0]}: probe sets are read from *.yaml files only: rename it")
     for path in sorted((root / "fairness").glob("*.yaml")):
-        probes = _yaml(path, _read(path, root, digests), ProbeSet)
+        text = _read(path, root, digests)
         rel = str(path.relative_to(root))
-        if probes.name in out:
-            raise PolicyError(f"{path}: name: {probes.name!r} is also the name of {out[probes.name].path}")
-        out[probes.name] = ProbeSetFile(rel, digests[rel], probes)
-    return tuple(out.values())
+        raw = _load_yaml(path, text)
+        entry: ProbeSetFile | DecisionAuditFile
+        if isinstance(raw, dict) and raw.get("kind", "probe") != "probe":
+            audit = _validate(path, raw, DecisionAudit)
+            name, entry = audit.name, DecisionAuditFile(rel, digests[rel], audit)
+        else:
+            if isinstance(raw, dict):
+                raw = {k: v for k, v in raw.items() if k != "kind"}
+            probe_set = _validate(path, raw, ProbeSet)
+            name, entry = probe_set.name, ProbeSetFile(rel, digests[rel], probe_set)
+        other = probes.get(name) or outcomes.get(name)
+        if other is not None:
+            raise PolicyError(f"{path}: name: {name!r} is also the name of {other.path}")
+        if isinstance(entry, DecisionAuditFile):
+            for model in entry.audit.models:
+                if model in audited:
+                    raise PolicyError(f"{path}: models: {model!r} is already audited by {audited[model]}")
+                audited[model] = rel
+            outcomes[name] = entry
+        else:
+            probes[name] = entry
+    return tuple(probes.values()), tuple(outcomes.values())

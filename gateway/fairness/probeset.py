@@ -165,8 +165,8 @@ class Statistics(_Strict):
 
 
 class Schedule(_Strict):
-    """When the audit should run again: ``every`` (``12h``, ``7d``) or a five-field ``cron``. Validated now; the
-    scheduler that acts on it comes later."""
+    """When the audit should run again: ``every`` (``12h``, ``7d``) or a five-field ``cron`` in UTC. The
+    gateway's scheduler runs it (``gateway.fairness.scheduler``; slots: ``gateway.fairness.schedule``)."""
 
     every: str | None = None
     cron: str | None = None

@@ -97,3 +97,38 @@ def fairlearn_selection_metrics(outcome: Iterable[Any], sensitive: Iterable[Any]
         demographic_parity_difference=float(fm.demographic_parity_difference(outcome, outcome, **features)),
         demographic_parity_ratio=float(fm.demographic_parity_ratio(outcome, outcome, **features)),
     )
+
+
+def fairlearn_weighted_outcome_metrics(
+    y_true: list[int], y_pred: list[int], sensitive: list[str], weight: list[int]
+) -> ReferenceMetrics:
+    """``fairlearn_outcome_metrics`` of rows given as distinct (y_true, y_pred, group) cells with their counts.
+
+    fairlearn weighs each row by ``weight`` (``sample_weight``), which gives exactly the values of the rows
+    repeated: an outcome audit of a million decisions passes fairlearn at most four rows per group. ``count``
+    per group is the sum of the weights.
+    """
+    from fairlearn import metrics as fm
+    from sklearn.metrics import accuracy_score
+
+    rates = {"selection_rate": fm.selection_rate, "true_positive_rate": fm.true_positive_rate,
+             "false_positive_rate": fm.false_positive_rate, "accuracy": accuracy_score}  # fmt: skip
+    frame = fm.MetricFrame(
+        metrics=rates,
+        y_true=y_true,
+        y_pred=y_pred,
+        sensitive_features=sensitive,
+        sample_params={name: {"sample_weight": weight} for name in rates},
+    )
+    by_group = {str(g): {k: float(v) for k, v in row.items()} for g, row in frame.by_group.to_dict("index").items()}
+    for g in by_group:
+        by_group[g]["count"] = float(sum(w for w, s in zip(weight, sensitive, strict=True) if s == g))
+    kw = {"sensitive_features": sensitive, "sample_weight": weight}
+    return ReferenceMetrics(
+        by_group=by_group,
+        demographic_parity_difference=float(fm.demographic_parity_difference(y_true, y_pred, **kw)),
+        demographic_parity_ratio=float(fm.demographic_parity_ratio(y_true, y_pred, **kw)),
+        equal_opportunity_difference=float(fm.equal_opportunity_difference(y_true, y_pred, **kw)),
+        equalized_odds_difference=float(fm.equalized_odds_difference(y_true, y_pred, **kw)),
+        accuracy_difference=float(frame.difference()["accuracy"]),
+    )

@@ -1,4 +1,4 @@
-"""Thresholds applied to a probe audit: pass, fail, inconclusive or insufficient data, metric by metric.
+"""Thresholds applied to a probe or outcome audit: pass, fail, inconclusive or insufficient data, metric by metric.
 
 The burden of proof is on the model. A metric **fails** when its measured value breaks the threshold. It
 **passes** only when its whole confidence interval lies within the threshold: the data show, at the audit's
@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.fairness.decisions import OutcomeThresholds
 from gateway.fairness.probeset import Thresholds
-from gateway.fairness.results import Estimate, ProbeAudit, Result
+from gateway.fairness.results import Estimate, OutcomeAudit, ProbeAudit, Result
 
 Status = Literal["pass", "fail", "inconclusive", "insufficient_data"]
 _ORDER: tuple[Status, ...] = ("fail", "insufficient_data", "inconclusive", "pass")
@@ -60,14 +61,13 @@ def _judge(metric: str, result: Result, threshold: float, bound: Literal["max", 
     return Check(metric, status, threshold, bound, v, lo, hi, reason)
 
 
-def judge(metrics: ProbeAudit | None, unread: dict[str, tuple[int, int]], thresholds: Thresholds) -> tuple[Check, ...]:
-    """The checks of one attribute's audit. ``unread`` maps each group to (unreadable answers, requests);
-    ``metrics`` is None when no answer at all could be read."""
+def _unread(unread: dict[str, tuple[int, int]], limit: float, what: str) -> Check:
+    """The worst group's share of unreadable answers against ``limit``; ``unread`` maps each group to
+    (unreadable, total)."""
     shares = {g: (bad / asked if asked else 1.0) for g, (bad, asked) in unread.items()}
     worst = max(shares, key=lambda g: shares[g])
-    limit = thresholds.max_unread_share
     bad, asked = unread[worst]
-    unread_check = Check(
+    return Check(
         "unread_share",
         "fail" if shares[worst] > limit else "pass",
         limit,
@@ -75,19 +75,20 @@ def judge(metrics: ProbeAudit | None, unread: dict[str, tuple[int, int]], thresh
         shares[worst],
         None,
         None,
-        f"group {worst!r}: {bad} of {asked} answers unreadable ({shares[worst]:.1%}; at most {limit:.1%} allowed)",
+        f"group {worst!r}: {bad} of {asked} {what} unreadable ({shares[worst]:.1%}; at most {limit:.1%} allowed)",
     )
+
+
+def _nothing(metric: str, threshold: float, reason: str) -> Check:
+    return Check(metric, "insufficient_data", threshold, "max", None, None, None, reason)
+
+
+def judge(metrics: ProbeAudit | None, unread: dict[str, tuple[int, int]], thresholds: Thresholds) -> tuple[Check, ...]:
+    """The checks of one attribute's audit. ``unread`` maps each group to (unreadable answers, requests);
+    ``metrics`` is None when no answer at all could be read."""
+    unread_check = _unread(unread, thresholds.max_unread_share, "answers")
     if metrics is None:
-        missing = Check(
-            "demographic_parity_difference",
-            "insufficient_data",
-            thresholds.max_parity_difference,
-            "max",
-            None,
-            None,
-            None,
-            "no answer could be read",
-        )
+        missing = _nothing("demographic_parity_difference", thresholds.max_parity_difference, "no answer could be read")
         return (unread_check, missing)
     return (
         _judge(
@@ -100,6 +101,33 @@ def judge(metrics: ProbeAudit | None, unread: dict[str, tuple[int, int]], thresh
         _judge("counterfactual_flip_rate", metrics.counterfactual_flip_rate, thresholds.max_flip_rate, "max"),
         unread_check,
     )
+
+
+def judge_outcomes(
+    metrics: OutcomeAudit | None,
+    drop: Result | None,
+    unread: dict[str, tuple[int, int]],
+    thresholds: OutcomeThresholds,
+) -> tuple[Check, ...]:
+    """The checks of an outcome audit. ``drop`` is the accuracy's fall below its baseline (None: no baseline);
+    ``unread`` maps each group to (labelled decisions whose answer was unreadable, labelled decisions), and is
+    empty when nothing is labelled; ``metrics`` is None when no labelled decision could be read."""
+    t = thresholds
+    checks = [_unread(unread, t.max_unread_share, "labelled decisions")] if unread else []
+    if metrics is None:
+        reason = "no labelled decision could be read" if unread else "no decision with an uploaded outcome"
+        return (*checks, _nothing("equal_opportunity_difference", t.max_equal_opportunity_difference, reason))
+    checks[:0] = [
+        _judge("demographic_parity_difference", metrics.demographic_parity_difference, t.max_parity_difference, "max"),
+        _judge("demographic_parity_ratio", metrics.demographic_parity_ratio, t.min_parity_ratio, "min"),
+        _judge("equal_opportunity_difference", metrics.equal_opportunity_difference,
+               t.max_equal_opportunity_difference, "max"),
+        _judge("equalized_odds_difference", metrics.equalized_odds_difference, t.max_equalized_odds_difference, "max"),
+        _judge("accuracy_difference", metrics.accuracy_difference, t.max_accuracy_difference, "max"),
+    ]  # fmt: skip
+    if drop is not None:
+        checks.insert(5, _judge("accuracy_drop", drop, t.max_accuracy_drop, "max"))
+    return tuple(checks)
 
 
 def overall(statuses: Iterable[Status]) -> Status:

@@ -97,6 +97,13 @@ class Metrics:
                               "audit.", ["model", "version"], registry=r)  # fmt: skip
         self.fairness = Gauge("gateway_fairness_metric", "Point values of the latest fairness audit of the model.",
                               ["model", "version", "metric"], registry=r)  # fmt: skip
+        self.fairness_breaches = Counter("gateway_fairness_breaches", "Failed checks of the fairness audits this "
+                                         "gateway ran, by audit, model and audited version.",
+                                         ["audit", "model", "version"], registry=r)  # fmt: skip
+        self.fairness_decisions = Counter("gateway_fairness_decisions", "Answers of decision models by what became "
+                                          "of their decision record: recorded, failed (not recorded) or no_attribute "
+                                          "(no valid sensitive attribute, where it is optional).",
+                                          ["model", "version", "result"], registry=r)  # fmt: skip
         # alerts
         self.alerts_firing = Gauge("gateway_alerts_firing", "Series of each alert rule firing now.",
                                    ["alert", "severity"], registry=r)  # fmt: skip
@@ -170,6 +177,10 @@ class Metrics:
         if handle is not None:
             handle(self, actor, data)
 
+    def decision(self, model: str, result: str) -> None:
+        """A decision model's answer was recorded, failed to be, or had no attribute (``result``)."""
+        self._child(self.fairness_decisions, *self.model(model), result).inc()
+
     def dp_answered(self, consumer: str, budget: Mapping[str, Any], *, cached: bool) -> None:
         """A statistics answer (its ``budget`` part: period and remaining) went to ``consumer``."""
         if cached:
@@ -195,6 +206,11 @@ class Metrics:
             result = getattr(audit, name, None)
             if isinstance(result, Estimate):
                 self.fairness.labels(*labels, name).set(result.value)
+
+    def fairness_breach(self, audit: str, model: str, version: str, checks: int) -> None:
+        """``checks`` checks of a fairness audit of ``model`` at ``version`` failed (the alert's signal)."""
+        name, _ = self.model(model)
+        self.fairness_breaches.labels(self._bounded(self.fairness_breaches, audit), name, version).inc(checks)
 
 
 def _decision(m: Metrics, actor: str, data: Mapping[str, Any]) -> None:

@@ -187,6 +187,11 @@ def _catalog() -> dict[str, Signal]:
                lambda src: _sum(src.metrics.fairness, "", M, {"metric": "demographic_parity_difference"}),
                ('gateway_fairness_metric{metric="demographic_parity_difference"}',),
                "Demographic parity difference in the model's latest fairness audit."),
+        Signal("fairness_breaches", "business", "increase", ("audit", "model", "version"),
+               lambda src: _sum(src.metrics.fairness_breaches, "_total", ("audit", "model", "version")),
+               ("gateway_fairness_breaches_total",),
+               "Failed checks of fairness audits (probe or outcome) within the window, per audit, model and "
+               "version; counted by the gateway that ran the audit."),
         Signal("error_rate", "system", "ratio", (),
                lambda src: _ratio(_sum(src.metrics.http_requests, "_total", (), {"status_class": "5xx"}, _api),
                                   _sum(src.metrics.http_requests, "_total", (), None, _api)),

@@ -101,7 +101,7 @@ LOAN_FILE = "fairness/loan_prescreening.yaml"
         (
             "alerts.yaml",
             ALERTS.replace("signal: error_rate", "signal: eror_rate"),
-            "alerts.yaml: rules.4: signal: unknown signal 'eror_rate'",
+            "alerts.yaml: rules.5: signal: unknown signal 'eror_rate'",
         ),
         (
             "alerts.yaml",
@@ -111,7 +111,7 @@ LOAN_FILE = "fairness/loan_prescreening.yaml"
         (
             "alerts.yaml",
             ALERTS.replace("    above: 0.01\n", "    above: 0.01\n    below: 0.5\n"),
-            "rules.4: a rule needs exactly one of above, below, deviation and drop, not ['above', 'below']",
+            "rules.5: a rule needs exactly one of above, below, deviation and drop, not ['above', 'below']",
         ),
         (
             "alerts.yaml",

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from backends.local.launcher import LocalTriton
 from gateway.cli import main
 from gateway.fairness.runner import SUBJECT
+from gateway.fairness.store import FairnessStore, fairness_url
 from gateway.settings import Settings
 from ledger.store import open_store
 from tests.fairness.test_probe_audit_e2e import PER_ATTRIBUTE, policy_folder
@@ -52,8 +53,9 @@ def test_fairness_run_writes_its_own_log(triton: LocalTriton, tmp_path: Path) ->
     run = CliRunner().invoke
     listed = run(main, ["fairness", "list", "--config", str(cfg)])
     assert listed.exit_code == 0, listed.output
-    assert any(line.split()[:3] == ["screening-test", "surname,age", str(2 * PER_ATTRIBUTE)]
+    assert any(line.split()[:4] == ["screening-test", "probe", "surname,age", str(2 * PER_ATTRIBUTE)]
                for line in listed.output.splitlines())  # fmt: skip
+    assert any(line.split()[:3] == ["credit-decisions", "outcome", "age_band"] for line in listed.output.splitlines())
 
     passed = run(main, ["fairness", "run", "screening-test", "--config", str(cfg), "--attribute", "age"])
     assert passed.exit_code == 0, passed.output
@@ -74,6 +76,14 @@ def test_fairness_run_writes_its_own_log(triton: LocalTriton, tmp_path: Path) ->
     assert sum(e["kind"] == "request.admitted" for e in own) == 2 * PER_ATTRIBUTE
     assert own[0]["kind"] == "policy.loaded"  # which policy authorized the probes
     assert _entries(settings, "gw.test/one") == []
+    stored = FairnessStore(fairness_url(settings.ledger_store()))  # the results the API serves
+    try:
+        records, _ = stored.audits(name="screening-test")
+    finally:
+        stored.close()
+    assert [(r.kind, r.status, r.version, r.log, r.seq) for r in records] == [
+        ("probe", e["data"]["status"], "1", "gw.test/one/fairness", e["seq"]) for e in reversed(audits)
+    ]
     verified = run(main, ["ledger", "verify", "--config", str(cfg), "--no-chain"],
                    env={"GATEWAY_LEDGER__ORIGIN": "gw.test/one/fairness"})  # fmt: skip
     assert verified.exit_code == 0 and "OK" in verified.output, verified.output
