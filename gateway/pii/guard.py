@@ -65,15 +65,9 @@ class PIIGuard:
 
     async def redact_request(self, gen: Generation, rules: PIIRules, subject: str,
                              conversation: str | None) -> tuple[Generation, Counts, Vault | None]:  # fmt: skip
-        """``gen`` redacted, with its pseudonym vault: none, one for this request, or the conversation's."""
-        with tracing.span("gateway.pii.request") as span:
-            out = await self._redact_request(gen, rules, subject, conversation)
-            span.set_attribute("gateway.pii.findings", sum(out[1].values()))
-            return out
+        """``gen`` redacted, with its pseudonym vault: none, one for this request, or the conversation's.
 
-    async def _redact_request(self, gen: Generation, rules: PIIRules, subject: str,
-                              conversation: str | None) -> tuple[Generation, Counts, Vault | None]:  # fmt: skip
-        """A conversation's vault is loaded, used and stored back with a compare-and-swap on its version, under
+        A conversation's vault is loaded, used and stored back with a compare-and-swap on its version, under
         a lock per conversation in this process; when another replica changed it meanwhile, the work is
         redone on the new version, so two values never get the same placeholder."""
         if not rules.pseudonymize or rules.conversation_ttl_s is None or conversation is None or self.vaults is None:
@@ -127,19 +121,21 @@ class PIIGuard:
     async def redact_texts(self, texts: Sequence[str], rules: PIIRules, subject: str,
                            vault: Vault | None) -> tuple[list[str], Counts]:  # fmt: skip
         """The texts of a request, redacted; 403 if one holds a blocked kind."""
-        found = await self._analyze(texts, rules, subject)
-        out: list[str] = []
-        counts: Counts = Counter()
-        for text, findings in zip(texts, found, strict=True):
-            try:
-                redacted, c = self.redactor.apply(text, findings, rules, "request", vault)
-            except PIIBlocked as blocked:
-                await self.audit.commit("pii.blocked", subject, {"entity": blocked.entity})
-                raise PermissionDenied(f"request refused: it contains {blocked.entity} data, which policy does not "
-                                       "allow to reach the model", code="pii_blocked") from None  # fmt: skip
-            out.append(redacted)
-            counts += c
-        return out, counts
+        with tracing.span("gateway.pii.request") as span:
+            found = await self._analyze(texts, rules, subject)
+            out: list[str] = []
+            counts: Counts = Counter()
+            for text, findings in zip(texts, found, strict=True):
+                try:
+                    redacted, c = self.redactor.apply(text, findings, rules, "request", vault)
+                except PIIBlocked as blocked:
+                    await self.audit.commit("pii.blocked", subject, {"entity": blocked.entity})
+                    raise PermissionDenied(f"request refused: it contains {blocked.entity} data, which policy does "
+                                           "not allow to reach the model", code="pii_blocked") from None  # fmt: skip
+                out.append(redacted)
+                counts += c
+            span.set_attribute("gateway.pii.findings", sum(counts.values()))
+            return out, counts
 
     async def redact_generation(self, gen: Generation, rules: PIIRules, subject: str,
                                 vault: Vault | None) -> tuple[Generation, Counts]:  # fmt: skip

@@ -130,7 +130,8 @@ async def test_chat_request_span_tree(triton: Any, tmp_path: Path) -> None:
     async with in_process(create_app(settings, span_exporter=exporter), new_key(settings, "user")) as c:
         r = await c.post(CHAT, json=_chat("echo", f"I am {NAME}, mail me at {EMAIL}"))
         s = await c.post(CHAT, json=_chat("echo", f"I am {NAME}, mail me at {EMAIL}", stream=True))
-    assert r.status_code == 200 and s.status_code == 200
+        e = await c.post("/v1/embeddings", json={"model": "e5-small", "input": [f"I am {NAME}"]})
+    assert r.status_code == 200 and s.status_code == 200 and e.status_code == 200
     spans = exporter.get_finished_spans()  # exported on shutdown: the lifespan's end flushed the batch
     server = _server(spans, r.headers["x-trace-id"])
     assert server.name == "POST /v1/chat/completions" and server.parent is None
@@ -175,6 +176,12 @@ async def test_chat_request_span_tree(triton: Any, tmp_path: Path) -> None:
     streamed = _server(spans, s.headers["x-trace-id"])
     answer = [c for c in _children(spans, streamed) if c.name == "gateway.pii.answer"]
     assert answer and all(c.attributes["gateway.pii.stream"] is True for c in answer)
+    embedded = _server(spans, e.headers["x-trace-id"])
+    assert embedded.name == "POST /v1/embeddings"
+    assert [(c.name, c.attributes.get("gateway.operation")) for c in _children(spans, embedded)] == [
+        ("gateway.authn", None), ("gateway.authz", None), ("gateway.authz", None), ("gateway.ratelimit", None),
+        ("gateway.pii.request", None), ("gateway.ledger.commit", None), ("gateway.backend", "embed"),
+    ]  # fmt: skip
 
 
 async def test_failures_are_recorded_by_code(triton: Any, tmp_path: Path) -> None:
