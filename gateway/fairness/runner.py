@@ -80,7 +80,7 @@ async def run_audit(
         "model": model,
         "backend": route.backend,
         "backend_model": route.upstream_model,
-        "version": route.version or None,
+        "version": resolved.target.version or None,  # the version in use: a run-time pin's, else the route's
         "requested_by": requested_by,
         "policy_version": services.policy.engine.version,
     }

@@ -3,10 +3,11 @@
 The burden of proof is on the model. A metric **fails** when its measured value breaks the threshold. It
 **passes** only when its whole confidence interval lies within the threshold: the data show, at the audit's
 confidence, that the model meets it. Between the two (the value is within, the interval crosses the line) it
-is **inconclusive**: more probes or repetitions would decide. A metric without a value (a group below the
-minimum number of probes) is **insufficient data**. The share of unreadable answers is checked too: if one
-group's answers could not be read as often as the threshold allows, the rates compare what was readable, not
-what the model did, and the audit fails.
+is **inconclusive**: more probes or repetitions (more labelled decisions, for an outcome audit) would decide. A
+metric without a value (a group below the minimum sample) is **insufficient data**. The share of unreadable
+answers is checked too: if one group's answers could not be read as often as the threshold allows, the rates
+compare what was readable, not what the model did, and the audit fails. An outcome audit with an accuracy
+baseline also checks the accuracy's drop below it (``accuracy_drop``, baseline minus accuracy).
 
 An audit's status is the worst of its checks, in the order fail, insufficient data, inconclusive, pass.
 """
@@ -56,7 +57,7 @@ def _judge(metric: str, result: Result, threshold: float, bound: Literal["max", 
         status = "inconclusive"
         reason = (
             f"{v:.3f} is within the threshold ({word} {threshold}) but the {result.confidence:.0%} interval "
-            f"[{lo:.3f}, {hi:.3f}] crosses it: more probes or repetitions would decide"
+            f"[{lo:.3f}, {hi:.3f}] crosses it: more data would decide"
         )
     return Check(metric, status, threshold, bound, v, lo, hi, reason)
 

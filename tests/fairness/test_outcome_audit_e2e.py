@@ -170,6 +170,10 @@ async def test_outcome_audit_flags_the_proxy_discrimination(triton: LocalTriton,
         nope = await c.get(f"/admin/fairness/audits/{'0' * 32}", headers={"authorization": f"Bearer {auditor}"})
         denied = [(await c.get("/admin/fairness/audits", headers={"authorization": f"Bearer {k}"})).status_code
                   for k in (analyst, uploader)]  # fmt: skip
+        bad = {q: (await c.get(f"/admin/fairness/audits?{q}", headers={"authorization": f"Bearer {auditor}"}))
+               for q in ("limit=0", "kind=other", "after=x", "sort=name", "model=a&model=b")}  # fmt: skip
+        filtered = {q: (await c.get(f"/admin/fairness/audits?{q}", headers={"authorization": f"Bearer {auditor}"}))
+                    .json()["data"] for q in ("kind=probe", "model=biased-screener&kind=outcome")}  # fmt: skip
 
     assert report.status == "fail" and report.version == "1" and report.attribute == "region"
     checks = {ch.metric: ch for ch in report.checks}
@@ -190,6 +194,11 @@ async def test_outcome_audit_flags_the_proxy_discrimination(triton: LocalTriton,
     assert one.status_code == 200 and one.json()["result"]["checks"][2]["metric"] == "equal_opportunity_difference"
     assert (nope.status_code, nope.json()["error"]["code"]) == (404, "audit_not_found")
     assert denied == [403, 403]
+    assert {q: (r.status_code, r.json()["error"]["param"]) for q, r in bad.items()} == {
+        "limit=0": (400, "limit"), "kind=other": (400, "kind"), "after=x": (400, "after"), "sort=name": (400, "sort"),
+        "model=a&model=b": (400, None)}  # fmt: skip
+    assert filtered["kind=probe"] == [] and [a["id"] for a in filtered["model=biased-screener&kind=outcome"]] == [
+        report.audit_id]  # fmt: skip
 
     alert = bodies[0]["alerts"][0]
     assert alert["labels"]["alertname"] == "FairnessThresholdBreached" and alert["labels"]["model"] == "biased-screener"

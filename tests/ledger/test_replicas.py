@@ -4,8 +4,8 @@ one API key store; load goes through both.
 
 Shown here: policy changes reach both; each replica's log verifies and is anchored (each replica signs and
 anchors with its own key and contract: the contract takes anchors from its owner only); rate limits hold across
-the replicas; statistics see both replicas' traffic. (Scheduled audits on exactly one replica wait for the
-fairness scheduler.)
+the replicas; statistics see both replicas' traffic. (Scheduled fairness audits on exactly one replica:
+tests/fairness/test_scheduler.py and tests/fairness/test_store.py.)
 """
 
 from __future__ import annotations
