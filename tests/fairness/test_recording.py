@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 import yaml
+from aiohttp import web
 
 from backends.local.launcher import LocalTriton
 from gateway.fairness.store import FairnessStore, fairness_url
@@ -156,3 +157,40 @@ async def test_a_required_attribute_is_checked_before_anything_runs(settings: Se
         )
         assert "one of a, b" in r.json()["error"]["message"] and "Klingon" not in r.text
     assert entries(settings, "request.admitted") == [] and rows(settings) == {}
+
+
+async def test_a_body_field_attribute_never_reaches_the_upstream(triton: LocalTriton, tmp_path: Path) -> None:
+    """An OpenAI-compatible upstream (a real HTTP server that keeps what it receives) gets the request without the
+    attribute's field, the rest of ``metadata`` intact; the decision is recorded with the group."""
+    received: list[dict[str, Any]] = []
+
+    async def chat_completions(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "yes"}}
+        usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+        return web.json_response({"id": "c1", "object": "chat.completion", "created": 0, "model": "decider",
+                                  "choices": [choice], "usage": usage})  # fmt: skip
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat_completions)
+    runner = web.AppRunner(upstream)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    audit = {**LENIENT, "models": ["decider"], "attribute": {**LENIENT["attribute"], "required": True}}
+    (folder / "fairness" / "decider.yaml").write_text(yaml.safe_dump(audit))
+    settings = make_settings(triton, tmp_path, policy={"dir": folder, "watch": False}, fairness={"scheduler": False},
+                             backends={"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}},
+                             models=[{"name": "decider", "backend": "up"}])  # fmt: skip
+    try:
+        async with in_process(create_app(settings), new_key(settings, "admin")) as c:
+            r = await c.post(CHAT, json=chat("decider", "hello", metadata={"segment": "y", "ticket": "T-1"}))
+    finally:
+        await runner.cleanup()
+    assert r.status_code == 200, r.text
+    (sent,) = received
+    assert sent["metadata"] == {"ticket": "T-1"} and "segment" not in orjson.dumps(sent).decode()
+    assert rows(settings) == {r.headers["x-request-id"]: ("echo-decisions", "decider", "", 1, "y", 30 * 86400.0)}
