@@ -107,6 +107,12 @@ class Metrics:
         # alerts
         self.alerts_firing = Gauge("gateway_alerts_firing", "Series of each alert rule firing now.",
                                    ["alert", "severity"], registry=r)  # fmt: skip
+        self.breaker_state = Gauge("gateway_model_breaker_state", "Circuit breaker of each model route: 0 closed, "
+                                   "1 half open, 2 open.", ["model"], registry=r)  # fmt: skip
+        self.breaker_transitions = Counter("gateway_model_breaker_transitions", "Circuit breaker transitions, by "
+                                           "the state entered.", ["model", "state"], registry=r)  # fmt: skip
+        for m in models:
+            self.breaker_state.labels(m.name).set(0)
         self.webhook_failures = Counter("gateway_alert_webhook_failures", "Alert messages the webhook did not "
                                         "take after every retry.", registry=r)  # fmt: skip
         ProcessCollector(registry=r)  # the gateway's CPU seconds, resident memory, open files
@@ -234,6 +240,16 @@ def _refused(m: Metrics, actor: str, data: Mapping[str, Any]) -> None:
     m._dp_left(actor, str(data.get("period")), float(data.get("remaining", {}).get("epsilon", 0.0)))
 
 
+_BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def _breaker(m: Metrics, actor: str, data: Mapping[str, Any]) -> None:
+    model, state = m.model(str(data.get("model")))[0], str(data.get("to"))
+    if state in _BREAKER_STATES and model != "other":
+        m.breaker_state.labels(model).set(_BREAKER_STATES[state])
+        m._child(m.breaker_transitions, model, state).inc()
+
+
 def _pii(event: str) -> Callable[[Metrics, str, Mapping[str, Any]], None]:
     return lambda m, actor, data: m._child(m.pii_events, event).inc()
 
@@ -244,5 +260,6 @@ _ON_AUDIT: dict[str, Callable[[Metrics, str, Mapping[str, Any]], None]] = {
     "authz.limit": _limit,
     "stats.released": _released,
     "stats.refused": _refused,
+    "breaker.changed": _breaker,
     **{kind: _pii(event) for kind, event in _PII_EVENTS.items()},
 }

@@ -111,6 +111,10 @@ async def test_an_open_circuit_sends_traffic_to_the_fallback_or_fails_fast(break
         r = await client.post("/v1/completions", json={"model": "broken-alone", **body})
         assert r.status_code == 503 and int(r.headers["retry-after"]) > 3000
         assert "circuit is open" in r.json()["error"]["message"]
+        scraped = (await client.get("/metrics")).text
+        assert 'gateway_model_breaker_state{model="broken"} 2.0' in scraped
+        assert 'gateway_model_breaker_state{model="echo"} 0.0' in scraped
+        assert 'gateway_model_breaker_transitions_total{model="broken-alone",state="open"} 1.0' in scraped
     store = open_store(settings.ledger_store())
     try:
         entries = [json.loads(b) for log in store.logs() for _, _, b in store.read(log)]
