@@ -4,13 +4,14 @@ one API key store; load goes through both.
 
 Shown here: policy changes reach both; each replica's log verifies and is anchored (each replica signs and
 anchors with its own key and contract: the contract takes anchors from its owner only); rate limits hold across
-the replicas; statistics see both replicas' traffic. (Scheduled fairness audits on exactly one replica:
-tests/fairness/test_scheduler.py and tests/fairness/test_store.py.)
+the replicas (exactly: the limit is shared in Redis); a scheduled fairness audit runs on exactly one of them;
+statistics see both replicas' traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,11 @@ from click.testing import CliRunner
 from backends.local.launcher import free_port
 from benches.bench_ledger import PG_ADMIN, postgres_db
 from gateway.cli import main
+from gateway.fairness.store import FairnessStore
 from ledger.anchor import Anvil
+from ledger.store import open_store
 from tests.conftest import POLICIES, TEST_MODELS
+from tests.fairness.test_scheduler import PROBES
 from tests.ledger.conftest import deploy_on, make_anchor_key
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -85,9 +90,15 @@ def deployment(triton: Any, tmp_path: Path, anchor_anvil: Anvil) -> Iterator[dic
     limits["default"]["rate"] = [{"model": "*", "requests_per_minute": PER_MINUTE}]
     limits["roles"]["user"] = {"rate": [{"model": "*", "requests_per_minute": 600}]}
     (folder / "limits.yaml").write_text(yaml.safe_dump(limits))
+    (folder / "fairness" / "nightly_probes.yaml").write_text(yaml.safe_dump(PROBES))  # a scheduled probe audit
     keys_db = tmp_path / "apikeys.sqlite3"
     prefix = f"test-replicas:{uuid.uuid4().hex}:"
     with postgres_db(PG_ADMIN, "gateway_test_replicas") as store:
+        fairness = FairnessStore(store)
+        try:  # first seen two days ago: the daily probe audit is due as soon as the replicas start
+            fairness.reschedule(PROBES["name"], datetime.now(UTC) - timedelta(days=2))
+        finally:
+            fairness.close()
         replicas = []
         try:
             for name in ("a", "b"):
@@ -107,6 +118,7 @@ def deployment(triton: Any, tmp_path: Path, anchor_anvil: Anvil) -> Iterator[dic
                     "redis": {"url": REDIS, "prefix": prefix},
                     "pii": {"workers": 1},
                     "stats": {"index_interval_s": 0.5},
+                    "fairness": {"scheduler_interval_s": 0.5},
                     "ledger": {
                         "store": store, "origin": f"replica-{name}.example/log", "checkpoint_every": 5,
                         "checkpoint_interval_s": 0.5,
@@ -181,6 +193,20 @@ async def test_two_replicas_share_limits_policy_ledger_store_and_statistics(depl
                 assert time.monotonic() < deadline, f"not anchored: {anchoring}"
                 await asyncio.sleep(0.25)
 
+        # The scheduled audit ran on exactly one replica, even after many more scheduler wake-ups on both.
+        results = FairnessStore(deployment["store"])
+        try:
+            deadline = time.monotonic() + 120
+            while not results.audits()[0]:
+                assert time.monotonic() < deadline, "the scheduled probe audit did not run"
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(3)  # six more wake-ups of each scheduler
+            records, _ = results.audits()
+        finally:
+            results.close()
+        assert [(r.name, r.requested_by) for r in records] == [(PROBES["name"], "scheduler")]
+        assert records[0].log in ("replica-a.example/log", "replica-b.example/log")
+
         # Statistics on either replica count both replicas' requests (the uma caller: 20 requests, K = 20).
         today = time.strftime("%Y-%m-%d", time.gmtime())
         params = {"metric": "requests", "from": today, "to": today, "epsilon": "1"}
@@ -193,6 +219,13 @@ async def test_two_replicas_share_limits_policy_ledger_store_and_statistics(depl
     for r in (a, b):
         r.stop()
     # Both logs in the shared store verify, with every anchor checked on the chain.
+    store = open_store(deployment["store"])
+    try:
+        audits = [json.loads(body)["data"] for log in store.logs() for _, _, body in store.read(log)
+                  if json.loads(body)["kind"] == "fairness.audit"]  # fmt: skip
+    finally:
+        store.close()
+    assert len(audits) == 1 and audits[0]["probe_set"] == PROBES["name"]
     for r in (a, b):  # each replica's log, in the shared store, verifies against its own key and contract
         verified = CliRunner().invoke(main, ["ledger", "verify", "--config", str(r.config)])
         assert verified.exit_code == 0, verified.output
