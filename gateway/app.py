@@ -295,7 +295,6 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
               methods=["POST"]),
         Route("/admin/ledger/entries/{seq}/proof", guard("route:/admin/ledger/proof", "report", ledger.entry_proof),
               methods=["GET"]),
-        # unauthenticated on purpose: probes carry no credentials and reveal nothing but liveness
         Route("/admin/stats", guard("route:/admin/stats", "report", stats_api.stats), methods=["GET"]),
         Route("/metrics", guard("route:/metrics", "read", metrics_api.metrics), methods=["GET"]),
         Route("/admin/models/{model:path}/pin", guard("route:/admin/models", "admin", models_admin.pin),
@@ -310,6 +309,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
                                                          fairness_api.get_audit), methods=["GET"]),
         Route("/admin/fairness/outcomes", guard("route:/admin/fairness/outcomes", "label",
                                                 fairness_api.upload_outcomes), methods=["POST"]),
+        # unauthenticated on purpose: probes carry no credentials and reveal nothing but liveness
         Route("/healthz", models.healthz, methods=["GET"]),
         Route("/readyz", models.readyz, methods=["GET"]),
     ]  # fmt: skip
