@@ -1,5 +1,5 @@
-"""The ``gateway`` command: ``serve``, ``models``, ``certs``, ``keys``, ``policy``, ``ledger``, ``stats`` and
-``fairness``."""
+"""The ``gateway`` command: ``serve``, ``models``, ``certs``, ``keys``, ``policy``, ``ledger``, ``stats``,
+``fairness``, ``alerts`` and ``report``."""
 
 from __future__ import annotations
 
@@ -177,12 +177,14 @@ def _register() -> None:
     from gateway.alerts_cli import alerts
     from gateway.fairness_cli import fairness
     from gateway.ledger_cli import ledger
+    from gateway.report_cli import report
     from gateway.stats_cli import stats
 
     main.add_command(ledger)
     main.add_command(stats)
     main.add_command(fairness)
     main.add_command(alerts)
+    main.add_command(report)
 
 
 _register()
@@ -199,7 +201,8 @@ _policy_dir = click.argument("directory", required=False, type=click.Path(path_t
 @policy.command("check")
 @_policy_dir
 def policy_check(directory: Path | None) -> None:
-    """Validate model.conf, the policy CSV files, the YAML files and the probe sets in fairness/."""
+    """Validate model.conf, the policy CSV files, the YAML files, and the probe sets and outcome audits in
+    fairness/."""
     from gateway.authz import files
     from gateway.authz.engine import PolicyEngine
     from gateway.errors import PolicyError
@@ -211,7 +214,8 @@ def policy_check(directory: Path | None) -> None:
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{root}: OK: {len(loaded.rules)} rules, {len(loaded.groupings)} role links, {len(loaded.tests)} "
-               f"tests, {len(loaded.fairness)} probe sets; digest {loaded.digest[:16]}")  # fmt: skip
+               f"tests, {len(loaded.fairness)} probe sets, {len(loaded.outcome_audits)} outcome audits, "
+               f"{len(loaded.alerts.rules)} alert rules; digest {loaded.digest[:16]}")  # fmt: skip
 
 
 @policy.command("test")

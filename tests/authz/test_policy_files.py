@@ -213,6 +213,7 @@ def test_policy_cli(folder: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(main, ["policy", "check", str(folder)])
     assert ok.exit_code == 0 and "OK" in ok.output
+    assert "2 probe sets, 1 outcome audits, 9 alert rules" in ok.output  # the shipped folder
     tested = runner.invoke(main, ["policy", "test", str(folder)])
     assert tested.exit_code == 0 and "policy tests pass" in tested.output
     _edit(folder, "policy.csv", GOOD + "p, role:user, model:x, infr, allow\n")
