@@ -28,6 +28,7 @@ from backends.triton import TritonBackend
 from gateway.api import admin, embeddings, generate, ledger, models, models_admin
 from gateway.api import fairness as fairness_api
 from gateway.api import metrics as metrics_api
+from gateway.api import reports as reports_api
 from gateway.api import stats as stats_api
 from gateway.audit import AuditTrail
 from gateway.authz.files import PolicyFiles
@@ -53,6 +54,7 @@ from gateway.pii.pool import AnalyzerPool
 from gateway.pii.redact import Redactor
 from gateway.pii.vaults import VaultStore
 from gateway.pins import PinStore
+from gateway.reports.service import ReportService
 from gateway.routing import Router
 from gateway.security import Security, guard
 from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
@@ -227,6 +229,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
                              lambda: stats_api.public_keys(settings, policy.engine))  # fmt: skip
         pins = PinStore(settings.ledger_store())
         fairness = FairnessService(settings, audit, policy, metrics)
+        reports = ReportService(settings, audit, audit.ledger.origin, audit.ledger.verifier_key, fairness.store,
+                                policy.status, stats.release)  # fmt: skip
         backends = backend_factory(settings)
         monitor = Monitor(settings, metrics, audit, lambda: policy.engine.files.alerts)
         keys = APIKeyStore(settings.api_keys_db)
@@ -255,13 +259,15 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             for model, version in pins.current().items():  # pins set at run time outlive restarts
                 if model in router.breakers:
                     router.pin(model, version)
-            app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics, pins, fairness)
+            app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics, pins, fairness,
+                                        reports)  # fmt: skip
             fairness.start(router)
             refresher = asyncio.create_task(_follow_pins(pins, router, settings.pins.refresh_s, stop))
             yield
         finally:
             stop.set()
             await fairness.aclose()  # first: a scheduled audit in progress uses the router and the ledger
+            await reports.aclose()  # before the statistics and the ledger its jobs use
             await monitor.aclose()
             for task in (watcher, indexer, refresher):
                 if task is not None:
@@ -296,6 +302,11 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         Route("/admin/ledger/entries/{seq}/proof", guard("route:/admin/ledger/proof", "report", ledger.entry_proof),
               methods=["GET"]),
         Route("/admin/stats", guard("route:/admin/stats", "report", stats_api.stats), methods=["GET"]),
+        Route("/admin/reports", guard("route:/admin/reports", "report", reports_api.create_report), methods=["POST"]),
+        Route("/admin/reports", guard("route:/admin/reports", "report", reports_api.list_reports), methods=["GET"]),
+        Route("/admin/reports/key", guard("route:/admin/reports", "report", reports_api.report_key), methods=["GET"]),
+        Route("/admin/reports/{report}", guard("route:/admin/reports", "report", reports_api.get_report),
+              methods=["GET"]),
         Route("/metrics", guard("route:/metrics", "read", metrics_api.metrics), methods=["GET"]),
         Route("/admin/models/{model:path}/pin", guard("route:/admin/models", "admin", models_admin.pin),
               methods=["POST"]),

@@ -342,6 +342,18 @@ class FairnessSettings(_Frozen):
     """Largest outcomes CSV ``POST /admin/fairness/outcomes`` accepts (413 above)."""
 
 
+class ReportSettings(_Frozen):
+    """Compliance reports (docs/reports.md): what they cost in privacy budget and where they are kept."""
+
+    epsilon_per_statistic: float = Field(0.1, gt=0, le=1.0)
+    """Epsilon each differentially private number set of a report spends from the requester's budget (a full
+    report releases five: requests, errors and fallbacks by model, denials by reason, PII by kind)."""
+    signing_key: Path | None = None
+    """Ed25519 key (PKCS#8 PEM, mode 0600) that signs reports; default state_dir/reports/report.key."""
+    max_days: int = Field(92, ge=1, le=366)
+    """Longest period one report covers (no longer than the privacy policy's query.max_days)."""
+
+
 class LoggingSettings(_Frozen):
     """Logs of ``gateway serve`` on stderr."""
 
@@ -415,6 +427,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     alerts: AlertSettings = AlertSettings()
     fairness: FairnessSettings = FairnessSettings()
+    reports: ReportSettings = ReportSettings()
     logging: LoggingSettings = LoggingSettings()
     tracing: TracingSettings = TracingSettings()
 
@@ -470,6 +483,9 @@ class Settings(BaseSettings):
 
     def ledger_dir(self) -> Path:
         return self.state_dir / "ledger"
+
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
 
     def ledger_store(self) -> str:
         return self.ledger.store or str(self.ledger_dir() / "ledger.sqlite3")

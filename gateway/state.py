@@ -15,6 +15,7 @@ from gateway.fairness.service import FairnessService
 from gateway.observability.metrics import Metrics
 from gateway.pii.guard import PIIGuard
 from gateway.pins import PinStore
+from gateway.reports.service import ReportService
 from gateway.routing import Router
 from gateway.security import Security
 from gateway.settings import Settings
@@ -46,6 +47,7 @@ class Gateway:
     metrics: Metrics
     pins: PinStore
     fairness: FairnessService
+    reports: ReportService
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

@@ -213,6 +213,13 @@ class FairnessStore:
             rows = self.db.execute(sql + " ORDER BY finished_at DESC, id DESC LIMIT ?", (*params, limit + 1)).fetchall()
         return [_record(r, None) for r in rows[:limit]], len(rows) > limit
 
+    def finished_between(self, start: float, end: float) -> list[AuditRecord]:
+        """Every audit finished at ``start <= finished_at < end``, with its result, oldest first (reports)."""
+        with self.db.reading():
+            rows = self.db.execute(f"SELECT {_AUDIT_COLUMNS}, result FROM fairness_audits WHERE finished_at >= ? "
+                                   "AND finished_at < ? ORDER BY finished_at, id", (start, end)).fetchall()  # fmt: skip
+        return [_record(r[:-1], r[-1]) for r in rows]
+
     def accuracies(self, name: str, model: str, since: float) -> list[float]:
         """The accuracies of ``model``'s outcome audits under ``name`` finished since ``since``, oldest first."""
         with self.db.reading():

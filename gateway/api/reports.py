@@ -1,0 +1,84 @@
+"""Compliance reports over the API (docs/reports.md), all under the Casbin action ``report`` on
+``route:/admin/reports``.
+
+- ``POST /admin/reports`` ``{"period": {"from", "to"}, "sections": [...]}``: queue a report; 202 with its status.
+- ``GET /admin/reports``: the newest reports' statuses.
+- ``GET /admin/reports/key``: the public key that signs reports.
+- ``GET /admin/reports/{id}``: one report's status (``pending``, ``running``, ``done``, ``failed``).
+- ``GET /admin/reports/{id}.json|.csv|.pdf``: a finished report's file, with ``ETag`` (its SHA-256) and
+  ``Content-Disposition: attachment``; ``If-None-Match`` with that ETag gives 304. 404 ``report_not_found``
+  for an unknown id, 409 ``report_not_ready`` before it is done.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.identity.principal import Principal
+from gateway.reports.service import MEDIA, Format
+from gateway.security import PRINCIPAL
+from gateway.state import Gateway, json_response
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_FILE = re.compile(r"^([0-9a-f]{32})\.(json|csv|pdf)$")
+_MAX_BODY = 64 * 1024
+
+
+async def create_report(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    principal: Principal = request.scope[PRINCIPAL]
+    raw = await request.body()
+    if len(raw) > _MAX_BODY:
+        raise InvalidRequest("the body is too large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest('the body must be JSON: {"period": {"from": ..., "to": ...}}') from None
+    roles = frozenset(r.removeprefix("role:") for r in gw.security.policy.engine.roles(principal))
+    status = await gw.reports.create(principal, roles, body)
+    return json_response(status, status=202, headers={"location": f"/admin/reports/{status['id']}"})
+
+
+async def list_reports(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return json_response({"object": "list", "data": await gw.reports.list()})
+
+
+async def report_key(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return json_response(gw.reports.signer.public())
+
+
+async def get_report(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    name = request.path_params["report"]
+    match = _FILE.match(name)
+    if match is not None:
+        rid, fmt = match.group(1), match.group(2)
+        return await _download(request, gw, rid, fmt)  # type: ignore[arg-type]  # the pattern admits only these
+    status = await gw.reports.get(name) if _ID.match(name) else None
+    if status is None:
+        raise NotFound(f"no report {name[:64]!r}", code="report_not_found")
+    return json_response(status)
+
+
+async def _download(request: Request, gw: Gateway, rid: str, fmt: Format) -> Response:
+    found = await gw.reports.file(rid, fmt)
+    if found is None:
+        status = await gw.reports.get(rid)
+        if status is None:
+            raise NotFound(f"no report {rid!r}", code="report_not_found")
+        raise Conflict(f"report {rid} is {status['status']}, not done", code="report_not_ready")
+    content, sha = found
+    etag = f'"{sha}"'
+    headers = {"etag": etag, "content-disposition": f'attachment; filename="report-{rid}.{fmt}"',
+               "cache-control": "private, no-cache"}  # fmt: skip
+    wanted = [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]
+    if etag in wanted or "*" in wanted:
+        return Response(status_code=304, headers=headers)
+    return Response(content, media_type=MEDIA[fmt], headers=headers)
