@@ -191,7 +191,7 @@ def _integrity(src: Sources, store: Store, found: Scan) -> dict[str, Any]:
     for name, extent in sorted(found.logs.items()):
         last = extent.last_seq if extent.last_seq is not None else -1
         cps = [c for c in store.checkpoints(name) if c.tree_size > last]
-        anchors = [a for a in store.anchors(name) if int(a.get("tree_size", 0)) > last]
+        anchors = [a for a in store.anchors(name) if int(a.get("tree_size", 0)) > last and not a.get("lost")]
         covering = cps[0] if cps else None
         logs.append({
             "log": name, "first_seq": extent.first_seq, "last_seq": extent.last_seq, "entries": extent.entries,
