@@ -201,21 +201,24 @@ _policy_dir = click.argument("directory", required=False, type=click.Path(path_t
 @policy.command("check")
 @_policy_dir
 def policy_check(directory: Path | None) -> None:
-    """Validate model.conf, the policy CSV files, the YAML files, and the probe sets and outcome audits in
-    fairness/."""
+    """Validate model.conf, the policy CSV files, the YAML files, the probe sets and outcome audits in
+    fairness/, and controls.yaml (which compliance reports read)."""
     from gateway.authz import files
     from gateway.authz.engine import PolicyEngine
     from gateway.errors import PolicyError
+    from gateway.reports.controls import ControlsError, load_controls
 
     root = directory or Path("policies")
     try:
         loaded = files.load(root)
         PolicyEngine(loaded, 1)
-    except PolicyError as exc:
+        controls = len(load_controls(root / "controls.yaml").controls) if (root / "controls.yaml").exists() else 0
+    except (PolicyError, ControlsError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{root}: OK: {len(loaded.rules)} rules, {len(loaded.groupings)} role links, {len(loaded.tests)} "
                f"tests, {len(loaded.fairness)} probe sets, {len(loaded.outcome_audits)} outcome audits, "
-               f"{len(loaded.alerts.rules)} alert rules; digest {loaded.digest[:16]}")  # fmt: skip
+               f"{len(loaded.alerts.rules)} alert rules, {controls} report controls; "
+               f"digest {loaded.digest[:16]}")  # fmt: skip
 
 
 @policy.command("test")
