@@ -4,9 +4,9 @@ threads), signed, written to the ledger, then offered for download.
 Reports and their three files live in the table ``reports`` beside the ledger (``reports.sqlite3``, or the
 ledger's PostgreSQL database, so that replicas share them). A job's status is ``pending``, ``running``,
 ``done`` or ``failed`` (with ``error``). A report is ``done`` only once its ``report.created`` ledger entry is
-durable. A job that a stopped gateway left ``pending`` or ``running`` is marked ``failed`` ("interrupted") by
-the same replica when it starts again: requesting it anew is cheap, and the DP releases it made come from the
-answer cache, spending nothing twice.
+durable. A replica makes one report at a time; the others wait, ``pending``. A job that a stopped gateway
+left ``pending`` or ``running`` is marked ``failed`` ("interrupted") by the same replica when it starts again:
+requesting it anew is cheap, and the DP releases it made come from the answer cache, spending nothing twice.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _view(row: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Request:
+class ReportRequest:
     """A checked request for a report."""
 
     start: date
@@ -81,7 +81,7 @@ class Request:
     sections: tuple[str, ...]
 
     @classmethod
-    def parse(cls, body: Any, max_days: int, today: date) -> Request:
+    def parse(cls, body: Any, max_days: int, today: date) -> ReportRequest:
         """From ``{"period": {"from", "to"}, "sections": [...]}``; ``InvalidRequest`` names the bad member."""
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object")
@@ -117,6 +117,9 @@ class ReportService:
                  release: StatsRelease) -> None:  # fmt: skip
         self.settings = settings
         self._release = release
+        self._one_at_a_time = asyncio.Semaphore(1)
+        """A report verifies the whole log and scans the period in a worker thread: one at a time per replica,
+        so that several requests cannot take every core from the traffic (the others wait, ``pending``)."""
         self._progress: dict[str, str] = {}
         """The step each job of this process is at (kept in memory: a step is not worth a write)."""
         self._audit = audit
@@ -143,7 +146,7 @@ class ReportService:
 
     async def create(self, principal: Principal, roles: frozenset[str], body: Any) -> dict[str, Any]:
         """Queue a report; its status row. The job runs in the background (``release`` binds the requester)."""
-        req = Request.parse(body, self.settings.reports.max_days, datetime.now(UTC).date())
+        req = ReportRequest.parse(body, self.settings.reports.max_days, datetime.now(UTC).date())
         rid = uuid.uuid4().hex
         row = (rid, "pending", req.start.isoformat(), req.end.isoformat(), ",".join(req.sections), principal.subject,
                self._origin, time.time(), "queued")  # fmt: skip
@@ -176,14 +179,16 @@ class ReportService:
             self._db.execute(f"UPDATE reports SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
                              (*(values[n] for n in names), rid))  # fmt: skip
 
-    async def _run(self, rid: str, requested_by: str, req: Request, release: Release) -> None:
+    async def _run(self, rid: str, requested_by: str, req: ReportRequest, release: Release) -> None:
         def progress(step: str) -> None:  # from worker threads too: one dict item, set atomically
             self._progress[rid] = step
 
-        self._progress[rid] = "starting"
+        self._progress[rid] = "waiting for the report before it"
         try:
-            await asyncio.to_thread(self._update, rid, status="running")
-            await self._generate(rid, requested_by, req, release, progress)
+            async with self._one_at_a_time:
+                self._progress[rid] = "starting"
+                await asyncio.to_thread(self._update, rid, status="running")
+                await self._generate(rid, requested_by, req, release, progress)
         except asyncio.CancelledError:
             await asyncio.to_thread(self._update, rid, status="failed", error="interrupted: the gateway stopped",
                                     finished_at=time.time())  # fmt: skip
@@ -195,7 +200,7 @@ class ReportService:
         finally:
             self._progress.pop(rid, None)
 
-    async def _generate(self, rid: str, requested_by: str, req: Request, release: Release,
+    async def _generate(self, rid: str, requested_by: str, req: ReportRequest, release: Release,
                         progress: Callable[[str], None]) -> None:  # fmt: skip
         controls = await asyncio.to_thread(load_controls, self.settings.policy.dir / "controls.yaml")
         src = Sources(self.settings, self._origin, self._verifier_key, self._fairness, self._policy_status, release)
