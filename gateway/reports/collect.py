@@ -213,8 +213,9 @@ def _integrity(src: Sources, store: Store, found: Scan) -> dict[str, Any]:
 
 
 async def collect(src: Sources, controls: Controls, start: date, end: date, sections: tuple[str, ...],
-                  progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """The report's sections (see the module docstring); ``progress`` is told each step."""
+                  progress: Callable[[str], None]) -> tuple[dict[str, Any], int]:  # fmt: skip
+    """The report's sections (see the module docstring), and how many ledger entries the period holds (which
+    says whether it is empty, whatever the sections); ``progress`` is told each step."""
     epsilon = src.settings.reports.epsilon_per_statistic
 
     def ledger_part() -> tuple[Scan, dict[str, Any] | None]:
@@ -249,4 +250,4 @@ async def collect(src: Sources, controls: Controls, start: date, end: date, sect
             body[section][name] = await _released(src.release, query, start, end, epsilon)
     for section in body:
         body[section] = {"title": TITLES[section], "audience": controls.audience(section), **body[section]}
-    return {name: body[name] for name in SECTIONS if name in body}
+    return {name: body[name] for name in SECTIONS if name in body}, found.entries

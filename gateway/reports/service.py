@@ -204,8 +204,7 @@ class ReportService:
                         progress: Callable[[str], None]) -> None:  # fmt: skip
         controls = await asyncio.to_thread(load_controls, self.settings.policy.dir / "controls.yaml")
         src = Sources(self.settings, self._origin, self._verifier_key, self._fairness, self._policy_status, release)
-        sections = await collect(src, controls, req.start, req.end, req.sections, progress)
-        entries = sum(e["entries"] for e in sections.get("integrity", {}).get("logs", []))
+        sections, entries = await collect(src, controls, req.start, req.end, req.sections, progress)
         body: dict[str, Any] = {
             "format": FORMAT, "id": rid, "period": {"from": req.start.isoformat(), "to": req.end.isoformat()},
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "requested_by": requested_by,
@@ -287,10 +286,9 @@ def _summary(sections: dict[str, Any], entries: int) -> tuple[bool, dict[str, An
     summary: dict[str, Any] = {}
     integrity = sections.get("integrity")
     if integrity is not None:
-        entries = integrity["entries_in_period"]
         summary["ledger_entries_in_period"] = entries
         summary["ledger_verification"] = "passed" if integrity["verification"]["ok"] else "FAILED"
-    empty = entries == 0 if integrity is not None else False
+    empty = entries == 0
     ops = sections.get("operations")
     if ops is not None:
         for name in ("requests", "errors", "fallbacks"):

@@ -189,6 +189,10 @@ async def test_an_empty_period_gives_a_valid_report_that_says_so(gw) -> None:
         assert status["status"] == "done", status
         doc = orjson.loads((await analyst.get(f"/admin/reports/{status['id']}.json")).content)
         pdf = (await analyst.get(f"/admin/reports/{status['id']}.pdf")).content
+        only = await _report(analyst, old, sections=["fairness"])  # without the integrity section too
+        only_doc = orjson.loads((await analyst.get(f"/admin/reports/{only['id']}.json")).content)
+    assert check_signature(only_doc)["empty"] is True
+    assert check_signature(only_doc)["summary"]["note"] == "The ledger holds no entries in this period."
     jsonschema.validate(doc, SCHEMA)
     body = check_signature(doc)
     assert body["empty"] is True and body["summary"]["ledger_entries_in_period"] == 0
