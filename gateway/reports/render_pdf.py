@@ -2,7 +2,8 @@
 
 Laid out with reportlab's platypus; charts (fairness selection rates with their intervals as error bars, and
 each fairness metric across model versions) are drawn with matplotlib's Agg backend into PNGs in memory.
-matplotlib is imported here, lazily, and told to keep its cache in a temporary folder, never in $HOME.
+matplotlib is imported here, lazily (it costs about a second), with the Agg canvas set on each figure
+explicitly, and told to keep its cache in a temporary folder, never in $HOME.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import cm
+from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 _STYLES = getSampleStyleSheet()
@@ -24,14 +26,17 @@ _SMALL = ParagraphStyle("small", parent=_STYLES["BodyText"], fontSize=8, leading
 _MAX_ROWS = 200  # longer tables are cut in the PDF (the JSON and CSV hold every row)
 
 
-def _pyplot() -> Any:
-    os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="gateway-mpl-"))
-    import matplotlib
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    """A figure on its own Agg canvas, and its axes. matplotlib's object API, not pyplot: no global state, so
+    a render in a worker thread cannot interfere with another."""
+    if "MPLCONFIGDIR" not in os.environ:  # matplotlib keeps a font cache there: never in $HOME on a server or in CI
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="gateway-mpl-")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
 
 
 def _p(text: Any, style: ParagraphStyle = _STYLES["BodyText"]) -> Paragraph:
@@ -61,15 +66,13 @@ def _png(fig: Any) -> Image:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     w, h = fig.get_size_inches()
-    _pyplot().close(fig)
     buf.seek(0)
     return Image(buf, width=15 * cm, height=15 * cm * h / w)
 
 
 def _rate_chart(audit: dict[str, Any]) -> Image:
-    plt = _pyplot()
     rates = audit["selection_rates"]
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = _figure(7, 3)
     labels = [f"{r['attribute']}={r['group']}" if r["attribute"] else str(r["group"]) for r in rates]
     values = [r["value"] for r in rates]
     err = [[max(0.0, r["value"] - r["low"]) for r in rates], [max(0.0, r["high"] - r["value"]) for r in rates]]
@@ -82,9 +85,8 @@ def _rate_chart(audit: dict[str, Any]) -> Image:
 
 
 def _trend_chart(series: dict[str, Any]) -> Image:
-    plt = _pyplot()
     pts = series["points"]
-    fig, ax = plt.subplots(figsize=(7, 2.5))
+    fig, ax = _figure(7, 2.5)
     x = list(range(len(pts)))
     vals = [p["value"] for p in pts]
     lows = [p["value"] - p["low"] if p["low"] is not None else 0.0 for p in pts]
@@ -153,12 +155,31 @@ def _short(value: Any) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _numbered(canvas: Any, doc: Any) -> None:
+def _footer(canvas: Any, doc: Any) -> None:
     canvas.saveState()
     canvas.setFont("Helvetica", 8)
-    canvas.drawRightString(A4[0] - 2 * cm, 1.2 * cm, f"Page {doc.page}")
     canvas.drawString(2 * cm, 1.2 * cm, doc.title)
     canvas.restoreState()
+
+
+class _NumberedCanvas(Canvas):  # type: ignore[misc]  # reportlab has no type hints
+    """Writes "Page N of M" on every page once M is known: pages are kept until ``save``, then drawn."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pages: list[dict[str, Any]] = []
+
+    def showPage(self) -> None:  # reportlab calls it so
+        self._pages.append(dict(self.__dict__))
+        self._startPage()
+
+    def save(self) -> None:
+        for state in self._pages:
+            self.__dict__.update(state)
+            self.setFont("Helvetica", 8)
+            self.drawRightString(A4[0] - 2 * cm, 1.2 * cm, f"Page {self._pageNumber} of {len(self._pages)}")
+            super().showPage()
+        super().save()
 
 
 def render_pdf(body: dict[str, Any]) -> bytes:
@@ -186,5 +207,5 @@ def render_pdf(body: dict[str, Any]) -> bytes:
               _table(["control", "framework", "reference", "requirement", "evidence in sections"],
                      [[c["id"], c["framework"], c["ref"], c["title"], ", ".join(c["sections"])]
                       for c in body["controls"]])]  # fmt: skip
-    doc.build(story, onFirstPage=_numbered, onLaterPages=_numbered)
+    doc.build(story, onFirstPage=_footer, onLaterPages=_footer, canvasmaker=_NumberedCanvas)
     return buf.getvalue()
