@@ -41,7 +41,7 @@ def _raw(key: Ed25519PublicKey) -> bytes:
 
 
 class ReportSigner:
-    """Signs report bodies with the gateway's report key (PKCS#8 PEM, 0600, created on first use)."""
+    """Signs report bodies with the gateway's report key (PKCS#8 PEM, 0600, created at the first start)."""
 
     def __init__(self, path: Path) -> None:
         self._key: Ed25519PrivateKey = load_or_create_signing_key(path)
