@@ -32,6 +32,9 @@ _MAX_BODY = 64 * 1024
 async def create_report(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     principal: Principal = request.scope[PRINCIPAL]
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > _MAX_BODY:
+        raise InvalidRequest("the body is too large")
     raw = await request.body()
     if len(raw) > _MAX_BODY:
         raise InvalidRequest("the body is too large")

@@ -90,7 +90,9 @@ def scan(store: Store, start: date, end: date) -> Scan:
                     }
                 )
             elif kind in ("policy.loaded", "policy.accepted", "routes.loaded"):
-                out.before[kind] = {"log": log, "seq": seq, "ts": entry["ts"], "data": entry["data"]}
+                seen = out.before.get(kind)
+                if seen is None or entry["ts"] >= seen["ts"]:  # the newest across logs
+                    out.before[kind] = {"log": log, "seq": seq, "ts": entry["ts"], "data": entry["data"]}
         if extent.entries:
             out.logs[log] = extent
     return out

@@ -26,11 +26,11 @@ import orjson
 import gateway
 from gateway.audit import AuditSink
 from gateway.db import Database, beside_ledger
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.fairness.store import FairnessStore
 from gateway.identity.principal import Principal
 from gateway.reports.collect import FORMAT, Release, Sources, collect
-from gateway.reports.controls import SECTIONS, load_controls
+from gateway.reports.controls import SECTIONS, ControlsError, load_controls
 from gateway.reports.render_csv import render_csv
 from gateway.reports.render_pdf import render_pdf
 from gateway.reports.sign import ReportSigner, report_digest
@@ -195,7 +195,9 @@ class ReportService:
             raise
         except Exception as exc:
             log.exception("report %s failed", rid)
-            reason = str(exc) if isinstance(exc, (InvalidRequest, ValueError)) else f"{type(exc).__name__}"
+            # a caller sees the messages written for callers (and the controls file's); anything else stays in the log
+            known = isinstance(exc, GatewayError | ControlsError)
+            reason = str(exc) if known else f"internal error ({type(exc).__name__}); see the gateway log for {rid}"
             await asyncio.to_thread(self._update, rid, status="failed", error=reason[:500], finished_at=time.time())
         finally:
             self._progress.pop(rid, None)

@@ -16,8 +16,8 @@ def _at(day: int, hour: int = 12) -> datetime:
 
 
 def test_scan_keeps_the_gateway_events_of_the_period(tmp_path: Path) -> None:
-    """Entries on the first and last day are in, the days around are out; the policy before the period is
-    remembered; a nested ``kind``/``ts`` in data does not confuse the byte search."""
+    """Entries on the first and last day are in, the days around are out; the newest policy before the period
+    is remembered; a nested ``kind``/``ts`` in data does not confuse the byte search."""
     url = str(tmp_path / "ledger.sqlite3")
     write(url, "gw.test/a", [
         (_at(9), "policy.loaded", "gateway", {"version": 1, "digest": "a" * 64, "files": {}}),
@@ -29,6 +29,7 @@ def test_scan_keeps_the_gateway_events_of_the_period(tmp_path: Path) -> None:
         (_at(13, 0), "alert.resolved", "gateway", {"alert": "error_rate"}),
     ])  # fmt: skip
     write(url, "gw.test/b", [(_at(11), "policy.accepted", "apikey:admin", {"version": 2})])
+    write(url, "gw.test/0", [(_at(9, 18), "policy.loaded", "gateway", {"version": 7})])  # another replica, later
     store = open_store(url)
     try:
         found = scan(store, date(2026, 11, 10), date(2026, 11, 12))
@@ -39,7 +40,7 @@ def test_scan_keeps_the_gateway_events_of_the_period(tmp_path: Path) -> None:
         "authn.failed": [("gw.test/a", 1)], "fairness.audit": [("gw.test/a", 3)], "alert.fired": [("gw.test/a", 4)],
         "policy.accepted": [("gw.test/b", 0)],
     }  # fmt: skip
-    assert found.before["policy.loaded"]["data"]["version"] == 1
+    assert found.before["policy.loaded"]["data"]["version"] == 7  # the newest of every log, not the last read
     a = found.logs["gw.test/a"]
     assert (a.first_seq, a.last_seq, a.entries) == (1, 4, 4)
     assert found.logs["gw.test/b"].entries == 1
