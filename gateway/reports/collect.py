@@ -185,6 +185,16 @@ def _operations(found: Scan) -> dict[str, Any]:
             "breaker_transitions": breaker}  # fmt: skip
 
 
+def _error_rate(ops: dict[str, Any]) -> float | None:
+    """Noisy errors over noisy requests: post-processing of two releases, which costs no privacy. None when
+    either was not released or no request was counted."""
+    errors, requests = ops.get("errors", {}), ops.get("requests", {})
+    if not (errors.get("released") and requests.get("released")):
+        return None
+    total = sum(g["value"] for g in requests["groups"])
+    return round(min(1.0, sum(g["value"] for g in errors["groups"]) / total), 4) if total > 0 else None
+
+
 def _integrity(src: Sources, store: Store, found: Scan) -> dict[str, Any]:
     result = verify_log(store, src.origin, src.verifier_key)
     logs = []
@@ -248,6 +258,8 @@ async def collect(src: Sources, controls: Controls, start: date, end: date, sect
         if section in body:
             progress(f"releasing {name} (differential privacy)")
             body[section][name] = await _released(src.release, query, start, end, epsilon)
+    if "operations" in body:
+        body["operations"]["error_rate"] = _error_rate(body["operations"])
     for section in body:
         body[section] = {"title": TITLES[section], "audience": controls.audience(section), **body[section]}
     return {name: body[name] for name in SECTIONS if name in body}, found.entries

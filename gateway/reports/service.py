@@ -297,6 +297,8 @@ def _summary(sections: dict[str, Any], entries: int) -> tuple[bool, dict[str, An
             rel = ops.get(name, {})
             if rel.get("released"):
                 summary[f"{name} (noisy, epsilon {rel['privacy']['epsilon']})"] = sum(g["value"] for g in rel["groups"])
+        if ops["error_rate"] is not None:
+            summary["error rate (noisy)"] = ops["error_rate"]
         summary["alerts_fired"] = ops["alerts_fired"]
         summary["alerts_resolved"] = ops["alerts_resolved"]
     acc = sections.get("access_control")

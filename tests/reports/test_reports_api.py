@@ -111,6 +111,9 @@ async def test_a_report_over_real_traffic_holds_every_section_signed_and_in_the_
         rel = s[section][name]
         assert rel["released"] is True and rel["privacy"]["epsilon"] == settings.reports.epsilon_per_statistic
         assert rel["budget"]["consumer"].startswith("apikey:")
+    ops = s["operations"]
+    noisy = [sum(g["value"] for g in ops[n]["groups"]) for n in ("errors", "requests")]
+    assert ops["error_rate"] == (round(min(1.0, noisy[0] / noisy[1]), 4) if noisy[1] > 0 else None)
     entities = {g["entity"] for g in s["privacy"]["pii_detections"]["groups"]}
     assert "EMAIL_ADDRESS" in entities
     assert s["integrity"]["verification"]["ok"] is True and s["integrity"]["entries_in_period"] > 10
