@@ -27,7 +27,7 @@ from gateway.audit import AuditTrail
 from gateway.authz.store import PolicyStore
 from gateway.fairness.store import FairnessStore, fairness_url
 from gateway.identity.principal import Principal
-from gateway.reports.service import ReportService
+from gateway.reports.service import ReportService, report_signer
 from gateway.settings import Settings
 from gateway.stats.compute import PublicKeys
 from gateway.stats.service import StatsService
@@ -71,7 +71,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                          lambda: PublicKeys(MODELS, frozenset({"user", "analyst", "admin"})))  # fmt: skip
     fairness = FairnessStore(fairness_url(settings.ledger_store()))
     reports = ReportService(settings, audit, origin, audit.ledger.verifier_key, fairness, policy.status,
-                            stats.release)  # fmt: skip
+                            stats.release, report_signer(settings))  # fmt: skip
     try:
         t, c = time.perf_counter(), time.process_time()
         indexed = await asyncio.to_thread(stats.catch_up)

@@ -54,7 +54,7 @@ from gateway.pii.pool import AnalyzerPool
 from gateway.pii.redact import Redactor
 from gateway.pii.vaults import VaultStore
 from gateway.pins import PinStore
-from gateway.reports.service import ReportService
+from gateway.reports.service import ReportService, report_signer
 from gateway.routing import Router
 from gateway.security import Security, guard
 from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
@@ -221,6 +221,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             policy = PolicyStore(settings.policy.dir, audit, checks=[pii_check(settings.pii.profile)])
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from None
+        report_key = report_signer(settings)  # before anything is opened: a readable key stops the start
         redactor = Redactor(load_or_create_key(settings.state_dir / "pii" / "hash.key"))
         vaults = VaultStore(settings.state_dir / "pii" / "vaults.sqlite3",
                             load_or_create_key(settings.state_dir / "pii" / "vault.key"))  # fmt: skip
@@ -230,7 +231,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         pins = PinStore(settings.ledger_store())
         fairness = FairnessService(settings, audit, policy, metrics)
         reports = ReportService(settings, audit, audit.ledger.origin, audit.ledger.verifier_key, fairness.store,
-                                policy.status, stats.release)  # fmt: skip
+                                policy.status, stats.release, report_key)  # fmt: skip
         backends = backend_factory(settings)
         monitor = Monitor(settings, metrics, audit, lambda: policy.engine.files.alerts)
         keys = APIKeyStore(settings.api_keys_db)

@@ -26,7 +26,7 @@ import orjson
 import gateway
 from gateway.audit import AuditSink
 from gateway.db import Database, beside_ledger
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import ConfigError, GatewayError, InvalidRequest
 from gateway.fairness.store import FairnessStore
 from gateway.identity.principal import Principal
 from gateway.reports.collect import FORMAT, Release, Sources, collect
@@ -35,6 +35,7 @@ from gateway.reports.render_csv import render_csv
 from gateway.reports.render_pdf import render_pdf
 from gateway.reports.sign import ReportSigner, report_digest
 from gateway.settings import Settings
+from ledger.keyfile import KeyFileError
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,18 @@ class ReportRequest:
         return cls(start, end, tuple(s for s in SECTIONS if s in sections))
 
 
+def report_signer(settings: Settings) -> ReportSigner:
+    """The report key's signer (made at the first start); ``ConfigError`` for a key file others can read."""
+    try:
+        return ReportSigner(settings.reports.signing_key or settings.reports_dir() / "report.key")
+    except KeyFileError as exc:
+        raise ConfigError(f"reports.signing_key: {exc}") from None
+
+
 class ReportService:
     def __init__(self, settings: Settings, audit: AuditSink, origin: str, verifier_key: str,
                  fairness: FairnessStore, policy_status: Callable[[], dict[str, Any]],
-                 release: StatsRelease) -> None:  # fmt: skip
+                 release: StatsRelease, signer: ReportSigner) -> None:  # fmt: skip
         self.settings = settings
         self._release = release
         self._one_at_a_time = asyncio.Semaphore(1)
@@ -127,10 +136,10 @@ class ReportService:
         self._verifier_key = verifier_key
         self._fairness = fairness
         self._policy_status = policy_status
+        self.signer = signer
         url = beside_ledger(settings.ledger_store(), "reports.sqlite3")
         pg = url.startswith(("postgresql://", "postgres://"))
         self._db = Database(url, tuple(s.replace("{blob}", "BYTEA" if pg else "BLOB") for s in SCHEMA))
-        self.signer = ReportSigner(settings.reports.signing_key or settings.reports_dir() / "report.key")
         self._tasks: set[asyncio.Task[None]] = set()
         with self._db.transaction():
             self._db.execute("UPDATE reports SET status = 'failed', error = ?, finished_at = ? WHERE replica = ? "

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from pypdf import PdfReader
 
 from gateway.cli import main
+from gateway.errors import ConfigError
+from gateway.reports.service import report_signer
 from gateway.reports.sign import check_signature
 from tests.conftest import POLICIES, create_app, make_settings, new_key
 from tests.reports.test_reports_api import SCHEMA, _client, _report, _today
@@ -100,3 +102,15 @@ def test_report_create_shows_progress_and_saves_the_file(live, tmp_path: Path) -
     assert checked.exit_code == 0, checked.output
     bad = runner.invoke(main, ["report", "create", *common[:6], "--from", "2026-01-02", "--to", "2026-01-01"])
     assert bad.exit_code == 1 and "400" in bad.output and "before" in bad.output
+
+
+async def test_a_report_key_others_can_read_stops_the_start(triton, tmp_path: Path) -> None:
+    """Fail closed: the gateway does not start with a report signing key of mode 0644, and says which."""
+    settings = make_settings(triton, tmp_path)
+    key = settings.reports_dir() / "report.key"
+    report_signer(settings)
+    key.chmod(0o644)
+    app = create_app(settings)
+    with pytest.raises(ConfigError, match=r"reports.signing_key: .*report.key has mode 0644"):
+        async with app.router.lifespan_context(app):
+            pass
