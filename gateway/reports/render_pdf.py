@@ -24,6 +24,7 @@ from reportlab.platypus import Flowable, Image, PageBreak, Paragraph, SimpleDocT
 _STYLES = getSampleStyleSheet()
 _SMALL = ParagraphStyle("small", parent=_STYLES["BodyText"], fontSize=8, leading=10)
 _MAX_ROWS = 200  # longer tables are cut in the PDF (the JSON and CSV hold every row)
+_WIDTH = A4[0] - 4 * cm  # the text width between the 2 cm margins
 
 
 def _figure(width: float, height: float) -> tuple[Any, Any]:
@@ -44,12 +45,16 @@ def _p(text: Any, style: ParagraphStyle = _STYLES["BodyText"]) -> Paragraph:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> Flowable:
-    cut = rows[:_MAX_ROWS]
-    data = [[_p(h, _SMALL) for h in header]] + [[_p("" if v is None else v, _SMALL) for v in r] for r in cut]
+    cut = [[_cell(v) for v in r] for r in rows[:_MAX_ROWS]]
+    data = [[_p(h, _SMALL) for h in header]] + [[_p(v, _SMALL) for v in r] for r in cut]
     if len(rows) > len(cut):
         more = _p(f"... {len(rows) - len(cut)} more rows in the JSON and CSV", _SMALL)
         data.append([more] + [""] * (len(header) - 1))
-    t = Table(data, repeatRows=1, hAlign="LEFT")
+    # Column widths in proportion to their longest text (capped), so that no column is squeezed to a letter.
+    longest = [max([len(str(h)), *(min(len(r[i]), 40) for r in cut)]) for i, h in enumerate(header)]
+    weights = [max(w, 4) for w in longest]
+    widths = [_WIDTH * w / sum(weights) for w in weights]
+    t = Table(data, colWidths=widths, repeatRows=1, hAlign="LEFT")
     t.setStyle(
         TableStyle(
             [
@@ -60,6 +65,22 @@ def _table(header: list[str], rows: list[list[Any]]) -> Flowable:
         )
     )
     return t
+
+
+def _cell(value: Any) -> str:
+    """A table cell: digests shortened, timestamps to the second, mappings summarized (the JSON has them whole)."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return f"{len(value)} entries" if len(value) > 3 else "; ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value[:10]) + (" ..." if len(value) > 10 else "")
+    text = str(value)
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return text[:12] + "..."
+    if len(text) > 20 and text[4:5] == "-" and text[10:11] == "T":
+        return text[:19].replace("T", " ")
+    return _short(text)
 
 
 def _png(fig: Any) -> Image:
@@ -107,7 +128,7 @@ def _released(name: str, rel: dict[str, Any]) -> list[Flowable]:
     p, b = rel["privacy"], rel["budget"]
     note = (
         f"Differentially private: epsilon {p['epsilon']}, delta {p['delta']}, {p['mechanism']}; with "
-        f"{p['accuracy']['confidence']:.0%} confidence each value is within {p['accuracy']['half_width']} "
+        f"{p['accuracy']['confidence']:.0%} confidence each value is within {_number(p['accuracy']['half_width'])} "
         f"of the true one. Budget of {b['consumer']} left for {b['period']}: epsilon {b['remaining']['epsilon']}."
     )
     return [*out, _table([*keys, "value (noisy)"], rows), _p(note, _SMALL)]
@@ -144,10 +165,18 @@ def _section(name: str, s: dict[str, Any]) -> list[Flowable]:
             f.append(Paragraph(escape(key.replace("_", " ").capitalize()), _STYLES["Heading3"]))
             cols = list(dict.fromkeys(k for v in value for k in v))
             f.append(_table(cols, [[_short(v.get(c)) for c in cols] for v in value]))
+        elif isinstance(value, dict) and value:
+            f.append(Paragraph(escape(key.replace("_", " ").capitalize()), _STYLES["Heading3"]))
+            f.append(_table(["item", "value"], [[k, v] for k, v in value.items()]))
         else:
-            f.append(_p(f"{key.replace('_', ' ').capitalize()}: {_short(value)}"))
+            f.append(_p(f"{key.replace('_', ' ').capitalize()}: {_cell(value) if value not in ([], {}) else 'none'}"))
         f.append(Spacer(1, 0.2 * cm))
     return f
+
+
+def _number(value: Any) -> str:
+    """A half-width or similar estimate to four significant digits (``None`` when there is none)."""
+    return "none" if value is None else f"{float(value):.4g}"
 
 
 def _short(value: Any) -> str:
