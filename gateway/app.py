@@ -160,9 +160,7 @@ async def _follow_pins(pins: PinStore, router: Router, interval_s: float, stop: 
         except Exception:  # the store is down: keep the pins in force, try again at the next tick
             log.exception("cannot read the model pins")
             continue
-        for model, version in current.items():
-            if model in router.breakers:
-                router.pin(model, version)
+        router.apply_pins(current)
 
 
 def _breaker_entry(audit: AuditTrail) -> Listener:
@@ -257,9 +255,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             guard = PIIGuard(pii, redactor, audit, vaults)
             router = Router(settings, backends)
             router.breaker_listeners.append(_breaker_entry(audit))
-            for model, version in pins.current().items():  # pins set at run time outlive restarts
-                if model in router.breakers:
-                    router.pin(model, version)
+            router.apply_pins(pins.current())  # pins set at run time outlive restarts
             app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics, pins, fairness,
                                         reports)  # fmt: skip
             fairness.start(router)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from backends import chat_template
@@ -99,7 +99,6 @@ class Router:
         self.breaker_listeners: list[Listener] = []
         """Told of every circuit transition (the app writes a ledger entry); they must not raise."""
         self.breakers = {m.name: Breaker(m.name, m.breaker, self._changed) for m in settings.models}
-        self._configured = {m.name: m.version for m in settings.models}
         self._limits = dict(settings.backends)
         self.bulkheads = {name: Bulkhead(name, b.max_concurrency, b.max_queue, b.queue_timeout_s)
                           for name, b in settings.backends.items()}  # fmt: skip
@@ -130,27 +129,34 @@ class Router:
         return r
 
     def configured_version(self, name: str) -> str:
-        return self._configured[name]
+        return self._routes[name].route.version  # a pin replaces the target only, never the configured route
 
     def pin(self, name: str, version: str) -> None:
         """Make route ``name`` use ``version`` of its model ("" restores the configured version)."""
         r = self._routes[name]
-        wanted = version or self._configured[name]
+        wanted = version or r.route.version
         if r.target.version != wanted:  # one reference swap: a request resolves the old or the new target
             self._routes[name] = replace(r, target=replace(r.target, version=wanted))
             self._ready.pop(name, None)
 
-    def _chain(self, name: str, kind: str) -> list[Resolved]:
+    def apply_pins(self, pins: Mapping[str, str]) -> None:
+        """Pin every route named in ``pins`` (model -> version); names this configuration lacks are ignored."""
+        for name, version in pins.items():
+            if name in self._routes:
+                self.pin(name, version)
+
+    def _chain(self, name: str, kind: str, permitted: Callable[[str], bool]) -> list[Resolved]:
+        """The route, then its fallback if it has one that ``permitted`` (the caller's policy) allows."""
         primary = self.resolve(name, kind)
         fb = primary.route.fallback
-        return [primary] if fb is None else [primary, self._routes[fb]]
+        return [primary] if fb is None or not permitted(fb) else [primary, self._routes[fb]]
 
     async def generate(self, name: str, gen: Generation, permitted: Callable[[str], bool] = lambda _: True) -> Answer:
         """Open a generation on the first route in the chain that produces a first delta.
 
         A fallback is skipped when ``permitted`` (the caller's policy) does not allow its model.
         """
-        chain = [r for i, r in enumerate(self._chain(name, "llm")) if i == 0 or permitted(r.route.name)]
+        chain = self._chain(name, "llm", permitted)
         error: GatewayError | None = None
         for i, r in enumerate(chain):
             with tracing.span("gateway.backend", self._attributes(r, "generate", i > 0)) as span:
@@ -229,7 +235,7 @@ class Router:
     async def embed(
         self, name: str, inputs: list[str], permitted: Callable[[str], bool] = lambda _: True
     ) -> tuple[Resolved, Embeddings, bool]:
-        chain = [r for i, r in enumerate(self._chain(name, "embedding")) if i == 0 or permitted(r.route.name)]
+        chain = self._chain(name, "embedding", permitted)
         error: GatewayError | None = None
         for i, r in enumerate(chain):
             with tracing.span("gateway.backend", self._attributes(r, "embed", i > 0)) as span:

@@ -19,8 +19,6 @@ import numpy as np
 
 from gateway.db import Database
 
-_NTH_CAP = 65_535  # nth is only compared with bounds of at most 100,000 per day: kept as uint32 anyway
-
 REQUEST_COLUMNS = ("day", "nth", "unit", "model", "route", "roles", "outcome", "fallback", "prompt_tokens",
                    "completion_tokens", "latency_ms")  # fmt: skip
 DENIAL_COLUMNS = ("day", "nth", "unit", "reason")
@@ -69,8 +67,8 @@ class Table:
             if name in _CODED:
                 code = self.codes[name].code
                 out[name] = np.fromiter((code(r[i]) for r in rows), dtype=np.int32, count=len(rows))
-            elif name == "nth":
-                out[name] = np.fromiter((min(int(r[i]), _NTH_CAP) for r in rows), dtype=np.uint32, count=len(rows))
+            elif name == "nth":  # never capped: a cap below a day's bound would count a caller's facts beyond it
+                out[name] = np.fromiter((int(r[i]) for r in rows), dtype=np.uint32, count=len(rows))
             else:  # integers where None (not completed, no tokens) is -1
                 out[name] = np.fromiter((-1 if r[i] is None else int(r[i]) for r in rows), dtype=_DTYPES[name],
                                         count=len(rows))  # fmt: skip

@@ -134,16 +134,6 @@ class StatsService:
             self.index.catch_up()
             return compute.release(query, policy, self.index, self._public())
 
-    def budget(self, principal: Principal, roles: frozenset[str], now: datetime | None = None) -> dict[str, Any]:
-        """What the consumer has left this period."""
-        policy = self._policy()
-        now = now or datetime.now(UTC)
-        period = period_of(now.date(), policy.budget.period)
-        limit = policy.limit(principal.subject, roles)
-        left = self._budget.remaining(principal.subject, period, limit.epsilon, limit.delta)
-        return {"consumer": principal.subject, "period": period, "limit": _usage(limit.units),
-                "remaining": _usage(left)}  # fmt: skip
-
 
 def _digest(*parts: Any) -> str:
     """A short digest of the bounds in force: a query under other bounds is another release."""
