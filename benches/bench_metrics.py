@@ -26,21 +26,13 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from backends.base import Delta, Usage
+from benches._procs import best_cpu
 from gateway.api.ticket import Ticket
 from gateway.observability.metrics import Metrics
 from gateway.observability.middleware import Instrumented
 from gateway.settings import ModelRoute
 
 MODELS = [ModelRoute(name=f"model-{i}", backend="b") for i in range(8)]
-
-
-def _best(run: Callable[[], None], repeats: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        run()
-        best = min(best, time.process_time() - start)
-    return best
 
 
 async def _answer(scope: Any, receive: Any, send: Any) -> None:
@@ -76,8 +68,8 @@ def main() -> None:
     n, k = args.requests, args.deltas
     metrics = Metrics(MODELS)
 
-    bare = _best(_asgi(n, _answer))
-    wrapped = _best(_asgi(n, Instrumented(_answer, metrics)))
+    bare = best_cpu(_asgi(n, _answer))
+    wrapped = best_cpu(_asgi(n, Instrumented(_answer, metrics)))
 
     decision = {"object": "route:/v1/chat/completions", "action": "infer", "allowed": True, "rule": "r",
                 "policy_version": 1}  # fmt: skip
@@ -108,12 +100,12 @@ def main() -> None:
             t.closed = True  # close() returns at once: the ticket's own cost, without deltas or metrics
             t.close("ok")
 
-    hooks_s = _best(hooks)
-    model_s = _best(model) - _best(model_ticket_only)
+    hooks_s = best_cpu(hooks)
+    model_s = best_cpu(model) - best_cpu(model_ticket_only)
     for m in MODELS:
         for outcome in ("ok", "error", "cancelled"):
             metrics.model_done(m.name, m.name, outcome, fallback=False, usage=usage, ttft_s=0.1, itl_s=0.01)
-    scrape_s = _best(lambda: [generate_latest(metrics.registry) for _ in range(100)]) / 100
+    scrape_s = best_cpu(lambda: [generate_latest(metrics.registry) for _ in range(100)]) / 100
 
     per = 1e6 / n
     rows = [

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -33,6 +32,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from benches._procs import best_cpu
 from gateway.observability.traced import Traced
 from gateway.observability.tracing import Tracing, span
 from gateway.settings import TracingSettings
@@ -51,15 +51,6 @@ class _Dropped(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.spans += len(spans)
         return SpanExportResult.SUCCESS
-
-
-def _best(run: Callable[[], None], repeats: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        run()
-        best = min(best, time.process_time() - start)
-    return best
 
 
 async def _reply(scope: Any, send: Any) -> None:
@@ -120,10 +111,10 @@ def main() -> None:
     args = parser.parse_args()
     n = args.requests
 
-    bare = _best(_asgi(n, _bare, HEADERS))
+    bare = best_cpu(_asgi(n, _bare, HEADERS))
     off = Tracing(TracingSettings())
-    off_s = _best(_asgi(n, Traced(_chat, off), HEADERS))
-    off_parent_s = _best(_asgi(n, Traced(_chat, off), [*HEADERS, TRACEPARENT]))
+    off_s = best_cpu(_asgi(n, Traced(_chat, off), HEADERS))
+    off_parent_s = best_cpu(_asgi(n, Traced(_chat, off), [*HEADERS, TRACEPARENT]))
 
     dropped = _Dropped()
     # A queue that holds every span of a run: none may be dropped, or the figure would be too low.
@@ -136,7 +127,7 @@ def main() -> None:
         finally:
             await on.aclose()  # flushes: the exporting thread's work is inside the timing
 
-    on_s = _best(lambda: asyncio.run(run_on()))
+    on_s = best_cpu(lambda: asyncio.run(run_on()))
     assert dropped.spans == 5 * n * 10, f"{dropped.spans} spans exported of {5 * n * 10}: some were dropped"
 
     unsampled = Tracing(TracingSettings(enabled=True, sample_ratio=0.0), dropped)
@@ -148,7 +139,7 @@ def main() -> None:
         finally:
             await unsampled.aclose()
 
-    unsampled_s = _best(lambda: asyncio.run(run_unsampled()))
+    unsampled_s = best_cpu(lambda: asyncio.run(run_unsampled()))
 
     memory = InMemorySpanExporter()
     sample = Tracing(TracingSettings(enabled=True), memory)
@@ -160,7 +151,7 @@ def main() -> None:
 
     asyncio.run(one())
     spans = memory.get_finished_spans()
-    encode_s = _best(lambda: [encode_spans(spans).SerializeToString() for _ in range(n)])
+    encode_s = best_cpu(lambda: [encode_spans(spans).SerializeToString() for _ in range(n)])
 
     per = 1e6 / n
     rows = [

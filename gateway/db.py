@@ -52,8 +52,9 @@ class Database:
         with self.transaction():
             if self.pg:
                 self.execute("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK,))
-            for statement in schema:  # {id}: an ascending integer key in either dialect
-                self.execute(statement.replace("{id}", "BIGSERIAL PRIMARY KEY" if self.pg else "INTEGER PRIMARY KEY"))
+            for statement in schema:  # {id}: an ascending integer key, {blob}: bytes, in either dialect
+                key, blob = ("BIGSERIAL PRIMARY KEY", "BYTEA") if self.pg else ("INTEGER PRIMARY KEY", "BLOB")
+                self.execute(statement.replace("{id}", key).replace("{blob}", blob))
 
     def close(self) -> None:
         with self._lock:

@@ -173,29 +173,31 @@ async def _audit(
             raise click.ClickException(str(exc)) from None
         services = AuditServices(router, policy, audit)
         store = FairnessStore(fairness_url(settings.ledger_store()))
-        results = []
-        with click.progressbar(length=total, label=f"probing ({name})", file=sys.stderr, show_pos=True) as bar:
-            async with worker_pool() as pool:
-                for model in models or entry.probes.models:
-                    started = time.time()
-                    try:
-                        results.append(
-                            await run_audit(
-                                services,
-                                entry,
-                                model,
-                                requested_by=f"cli:{getpass.getuser()}",
-                                attributes=attributes or None,
-                                concurrency=concurrency,
-                                progress=bar.update,
-                                executor=pool,
+        try:
+            results = []
+            with click.progressbar(length=total, label=f"probing ({name})", file=sys.stderr, show_pos=True) as bar:
+                async with worker_pool() as pool:
+                    for model in models or entry.probes.models:
+                        started = time.time()
+                        try:
+                            results.append(
+                                await run_audit(
+                                    services,
+                                    entry,
+                                    model,
+                                    requested_by=f"cli:{getpass.getuser()}",
+                                    attributes=attributes or None,
+                                    concurrency=concurrency,
+                                    progress=bar.update,
+                                    executor=pool,
+                                )
                             )
-                        )
-                    except GatewayError as exc:
-                        raise click.ClickException(f"{model}: {exc.message}") from None
-                    store.save_audit(record_of(results[-1], started=started, finished=time.time(),
-                                               log=settings.ledger.origin))  # fmt: skip
-        store.close()
+                        except GatewayError as exc:
+                            raise click.ClickException(f"{model}: {exc.message}") from None
+                        store.save_audit(record_of(results[-1], started=started, finished=time.time(),
+                                                   log=settings.ledger.origin))  # fmt: skip
+        finally:  # closed on a refusal too
+            store.close()
         return results
     finally:
         for backend in backends.values():

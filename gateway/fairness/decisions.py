@@ -20,10 +20,11 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from gateway.fairness.probeset import _GROUP, NAME, Schedule, Statistics
+from gateway.fairness.probeset import _GROUP, NAME, Schedule, Statistics, _Strict
 from gateway.fairness.readers import Label, Number, YesNo
+from gateway.fairness.schedule import every_seconds
 
 _HEADER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,3}$")
@@ -35,19 +36,10 @@ _WINDOW = re.compile(r"^([1-9]\d*)([hd])$")
 Prediction = Annotated[YesNo | Number | Label, Field(discriminator="kind")]
 
 
-def window_seconds(text: str) -> int:
-    """``"30d"`` -> 2592000 (windows are in hours or days)."""
-    return int(text[:-1]) * (3600 if text[-1] == "h" else 86400)
-
-
 def _window(value: str) -> str:
     if not _WINDOW.match(value):
         raise ValueError(f"{value!r} is not a number of hours or days, such as 30d or 12h")
     return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Attribute(_Strict):
@@ -152,7 +144,7 @@ class DecisionAudit(_Strict):
     def _consistent(self) -> DecisionAudit:
         if len(set(self.models)) != len(self.models):
             raise ValueError("models: a model is listed twice")
-        if window_seconds(self.window) > self.retention_days * 86400:
+        if every_seconds(self.window) > self.retention_days * 86400:
             raise ValueError(f"window: {self.window} reaches past retention_days ({self.retention_days})")
         return self
 

@@ -31,10 +31,11 @@ from typing import Any
 from gateway.audit import AuditSink
 from gateway.errors import GatewayError
 from gateway.fairness._compute import Cells, OutcomeComputed, compute_outcomes, worker_pool
-from gateway.fairness.decisions import DecisionAuditFile, window_seconds
+from gateway.fairness.decisions import DecisionAuditFile
 from gateway.fairness.report import GroupCoverage, OutcomeAuditReport
 from gateway.fairness.results import Estimate
 from gateway.fairness.runner import SUBJECT, _why
+from gateway.fairness.schedule import every_seconds
 from gateway.fairness.store import Cell, FairnessStore
 from gateway.fairness.verdict import judge_outcomes, overall
 
@@ -79,11 +80,11 @@ async def run_outcome_audit(
     if model not in spec.models:
         raise ValueError(f"outcome audit {spec.name!r} does not audit model {model!r}")
     end = (until or datetime.now(UTC)).timestamp()
-    start = end - window_seconds(spec.window)
+    start = end - every_seconds(spec.window)
     store = services.store
     cells = await asyncio.to_thread(store.cells, spec.name, model, start, end)
     recorded = await asyncio.to_thread(store.coverage, spec.name, model, start, end)
-    since = end - window_seconds(spec.thresholds.baseline_window)
+    since = end - every_seconds(spec.thresholds.baseline_window)
     previous = await asyncio.to_thread(store.accuracies, spec.name, model, since)
     if progress is not None:
         progress(1)

@@ -137,9 +137,7 @@ class ReportService:
         self._fairness = fairness
         self._policy_status = policy_status
         self.signer = signer
-        url = beside_ledger(settings.ledger_store(), "reports.sqlite3")
-        pg = url.startswith(("postgresql://", "postgres://"))
-        self._db = Database(url, tuple(s.replace("{blob}", "BYTEA" if pg else "BLOB") for s in SCHEMA))
+        self._db = Database(beside_ledger(settings.ledger_store(), "reports.sqlite3"), SCHEMA)
         self._tasks: set[asyncio.Task[None]] = set()
         with self._db.transaction():
             self._db.execute("UPDATE reports SET status = 'failed', error = ?, finished_at = ? WHERE replica = ? "
@@ -231,28 +229,30 @@ class ReportService:
         progress("rendering")
         csv_bytes = render_csv(body)
         pdf_bytes = await asyncio.to_thread(render_pdf, body)
-        body["files"] = {"pdf": {"sha256": _sha(pdf_bytes), "bytes": len(pdf_bytes)},
-                         "csv": {"sha256": _sha(csv_bytes), "bytes": len(csv_bytes)}}  # fmt: skip
+        pdf_sha, csv_sha = _sha(pdf_bytes), _sha(csv_bytes)
+        body["files"] = {"pdf": {"sha256": pdf_sha, "bytes": len(pdf_bytes)},
+                         "csv": {"sha256": csv_sha, "bytes": len(csv_bytes)}}  # fmt: skip
         document = self.signer.sign(body)
         digest = report_digest(body)
         json_bytes = orjson.dumps(document, option=orjson.OPT_INDENT_2)
         progress("writing to the ledger")
         seq = await self._audit.commit("report.created", requested_by, {
             "id": rid, "from": body["period"]["from"], "to": body["period"]["to"], "sections": list(req.sections),
-            "report_sha256": digest, "pdf_sha256": _sha(pdf_bytes), "csv_sha256": _sha(csv_bytes),
+            "report_sha256": digest, "pdf_sha256": pdf_sha, "csv_sha256": csv_sha,
             "key_id": self.signer.key_id,
         })  # fmt: skip
-        await asyncio.to_thread(self._finish, rid, digest, {"json": json_bytes, "csv": csv_bytes, "pdf": pdf_bytes},
-                                seq)  # fmt: skip
+        files = {"json": (json_bytes, _sha(json_bytes)), "csv": (csv_bytes, csv_sha), "pdf": (pdf_bytes, pdf_sha)}
+        await asyncio.to_thread(self._finish, rid, digest, files, seq)
 
-    def _finish(self, rid: str, digest: str, files: dict[str, bytes], seq: int) -> None:
+    def _finish(self, rid: str, digest: str, files: dict[str, tuple[bytes, str]], seq: int) -> None:
+        """Store the files (with their SHA-256, computed once) and mark the report done, in one transaction."""
         with self._db.transaction():
-            for fmt, content in files.items():
+            for fmt, (content, sha) in files.items():
                 self._db.execute("INSERT INTO report_files (id, format, sha256, content) VALUES (?, ?, ?, ?)",
-                                 (rid, fmt, _sha(content), content))  # fmt: skip
+                                 (rid, fmt, sha, content))  # fmt: skip
             self._db.execute("UPDATE reports SET status = 'done', progress = NULL, finished_at = ?, report_sha256 = ?, "
                              "pdf_sha256 = ?, csv_sha256 = ?, ledger_log = ?, ledger_seq = ? WHERE id = ?",
-                             (time.time(), digest, _sha(files["pdf"]), _sha(files["csv"]), self._origin, seq,
+                             (time.time(), digest, files["pdf"][1], files["csv"][1], self._origin, seq,
                               rid))  # fmt: skip
 
     async def get(self, rid: str) -> dict[str, Any] | None:
