@@ -7,6 +7,7 @@ fields, with ``param`` naming the first offending field.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import orjson
@@ -20,24 +21,32 @@ RAW_BODY = "gateway.raw_body"
 """Scope key of the raw body bytes, kept for the ledger's keyed digest of the request."""
 
 
-async def read_json(request: Request, limit: int) -> object:
-    ctype = request.headers.get("content-type", "")
-    media = ctype.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json, not {media or 'missing'!r}", param="Content-Type"
-        )
+async def read_body(request: Request, limit: int, media_ok: Callable[[str], bool], expected: str,
+                    too_large: str) -> bytes:  # fmt: skip
+    """The raw body: 415 unless ``media_ok`` takes its media type (``expected`` names it), 413 with ``too_large``
+    once it is over ``limit`` bytes (by its declared length, or as it streams in)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not media_ok(media):
+        raise UnsupportedMediaType(f"Content-Type must be {expected}, not {media or 'missing'!r}", param="Content-Type")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        raise PayloadTooLarge(too_large)
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            raise PayloadTooLarge(too_large)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _json_media(media: str) -> bool:
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json(request: Request, limit: int) -> object:
+    raw = await read_body(request, limit, _json_media, "application/json", f"request body exceeds {limit} bytes")
     request.scope[RAW_BODY] = raw
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")

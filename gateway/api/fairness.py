@@ -17,7 +17,8 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from gateway.api.body import read_body
+from gateway.errors import InvalidRequest, NotFound
 from gateway.identity.principal import Principal
 from gateway.security import PRINCIPAL
 from gateway.state import Gateway, json_response
@@ -66,20 +67,10 @@ async def get_audit(request: Request) -> Response:
 async def upload_outcomes(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     principal: Principal = request.scope[PRINCIPAL]
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "text/csv":
-        raise UnsupportedMediaType(f"Content-Type must be text/csv, not {media or 'missing'!r}", param="Content-Type")
     limit = gw.settings.fairness.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the file exceeds {limit} bytes (fairness.max_upload_bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the file exceeds {limit} bytes (fairness.max_upload_bytes)")
-        chunks.append(chunk)
-    entry = await gw.fairness.upload(principal, b"".join(chunks))
+    raw = await read_body(request, limit, lambda media: media == "text/csv", "text/csv",
+                          f"the file exceeds {limit} bytes (fairness.max_upload_bytes)")  # fmt: skip
+    entry = await gw.fairness.upload(principal, raw)
     return json_response({"object": "fairness.outcomes_upload", "id": entry["upload_id"], "rows": entry["rows"],
                           "positives": entry["positives"], "models": entry["models"], "sha256": entry["sha256"],
                           "ledger": {"log": gw.settings.ledger.origin, "seq": entry["seq"]}})  # fmt: skip

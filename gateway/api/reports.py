@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.api.body import read_json
+from gateway.errors import Conflict, NotFound
 from gateway.identity.principal import Principal
 from gateway.reports.service import MEDIA, Format
 from gateway.security import PRINCIPAL
@@ -32,16 +32,7 @@ _MAX_BODY = 64 * 1024
 async def create_report(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     principal: Principal = request.scope[PRINCIPAL]
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > _MAX_BODY:
-        raise InvalidRequest("the body is too large")
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise InvalidRequest("the body is too large")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest('the body must be JSON: {"period": {"from": ..., "to": ...}}') from None
+    body = await read_json(request, _MAX_BODY)  # 415 unless JSON, 413 over the limit, 400 unless it parses
     roles = frozenset(r.removeprefix("role:") for r in gw.security.policy.engine.roles(principal))
     status = await gw.reports.create(principal, roles, body)
     return json_response(status, status=202, headers={"location": f"/admin/reports/{status['id']}"})
