@@ -1,7 +1,8 @@
 """OpenAI-compatible upstream backend (vLLM, Triton's OpenAI frontend, any such server).
 
 One shared ``aiohttp.ClientSession`` per upstream: HTTP/1.1 keep-alive, ``trust_env=False`` so
-a stray ``HTTP_PROXY`` cannot reroute traffic. Streams are read as bytes arrive and each SSE
+a stray ``HTTP_PROXY`` cannot reroute traffic. Every request carries the W3C trace context
+(``traceparent``) of the request being served. Streams are read as bytes arrive and each SSE
 event is handed on at once; nothing is buffered beyond one event.
 
 Why aiohttp and not httpx: on this path the client is most of the gateway's cost. Measured on
@@ -23,6 +24,7 @@ import orjson
 
 from backends.base import Delta, Embeddings, Generation, Target, Usage
 from gateway.errors import InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.observability.tracing import backend_headers
 
 log = logging.getLogger(__name__)
 _MESSAGE_KEYS = ("role", "content")
@@ -57,6 +59,10 @@ class OpenAIHTTPBackend:
         )
         self._ready_timeout = aiohttp.ClientTimeout(total=connect_timeout_s)
 
+    def _headers_now(self) -> dict[str, str]:
+        """The fixed headers plus the W3C trace context of the request being served."""
+        return {**self._headers, **backend_headers()}
+
     def _body(self, target: Target, gen: Generation) -> dict[str, Any]:
         body: dict[str, Any] = dict(gen.passthrough)
         body["model"] = target.model
@@ -79,7 +85,7 @@ class OpenAIHTTPBackend:
         url = self._base + ("/chat/completions" if gen.task == "chat" else "/completions")
         content = orjson.dumps(self._body(target, gen))
         try:
-            async with self._session.post(url, data=content, headers=self._headers) as resp:
+            async with self._session.post(url, data=content, headers=self._headers_now()) as resp:
                 await _check(resp, target.model)
                 if gen.stream:
                     async for delta in _read_stream(resp, gen.task, target.model):
@@ -97,9 +103,10 @@ class OpenAIHTTPBackend:
             raise _translate(exc, self.name, target.model) from None
 
     async def embed(self, target: Target, inputs: list[str]) -> Embeddings:
+        url = self._base + "/embeddings"
         content = orjson.dumps({"model": target.model, "input": inputs, "encoding_format": "float"})
         try:
-            async with self._session.post(self._base + "/embeddings", data=content, headers=self._headers) as resp:
+            async with self._session.post(url, data=content, headers=self._headers_now()) as resp:
                 await _check(resp, target.model)
                 obj = _json(await resp.read(), target.model)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -112,7 +119,7 @@ class OpenAIHTTPBackend:
 
     async def ready(self, target: Target) -> bool:
         try:
-            async with self._session.get(self._base + "/models", headers=self._headers,
+            async with self._session.get(self._base + "/models", headers=self._headers_now(),
                                          timeout=self._ready_timeout) as resp:  # fmt: skip
                 if resp.status != 200:
                     return False

@@ -12,6 +12,9 @@ Triton refuses unary calls to decoupled models); any other with unary ``ModelInf
 model does not declare are not sent. Token counts come from the model's ``num_input_tokens`` and
 ``num_output_tokens`` outputs when it has them (vLLM's ``return_num_*_tokens``); otherwise they
 are estimated from UTF-8 length (4 bytes a token) and the docs say so.
+
+Inference calls carry the W3C trace context (``traceparent``) as gRPC metadata: Triton continues the
+gateway's trace when its own tracing is in ``opentelemetry`` mode.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from backends import chat_template
 from backends._triton_wire import ModelInfo, build_request, is_final, output_int, output_text
 from backends.base import Delta, Embeddings, Generation, Target, Usage
 from gateway.errors import InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.observability.tracing import backend_headers
 
 log = logging.getLogger(__name__)
 _INFO_TTL_S = 30.0
@@ -55,6 +59,10 @@ def translate(exc: grpc.aio.AioRpcError, model: str) -> UpstreamError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
         return UpstreamUnavailable(f"model {model!r} is not available")
     return UpstreamError(f"model {model!r} failed upstream ({code.name})")
+
+
+def _trace_metadata() -> tuple[tuple[str, str], ...]:
+    return tuple(backend_headers().items())
 
 
 def _model_failed(model: str, detail: str) -> UpstreamError:
@@ -153,7 +161,7 @@ class TritonBackend:
         else:
             req = build_request(info, values, request_id=request_id)
             try:
-                resp = await self._stub.ModelInfer(req, timeout=self._timeout)
+                resp = await self._stub.ModelInfer(req, timeout=self._timeout, metadata=_trace_metadata())
             except grpc.aio.AioRpcError as exc:
                 raise translate(exc, target.model) from None
             result = InferResult(resp)
@@ -170,7 +178,7 @@ class TritonBackend:
             yield req
             await done.wait()  # keep the stream open until the final response arrives
 
-        call = self._stub.ModelStreamInfer(requests(), timeout=self._timeout)
+        call = self._stub.ModelStreamInfer(requests(), timeout=self._timeout, metadata=_trace_metadata())
         self.streams_open += 1
         finished = False
         try:
@@ -201,7 +209,7 @@ class TritonBackend:
             raise UpstreamError(f"model {target.model!r} has no input {target.embedding_input!r}")
         req = build_request(info, {target.embedding_input: inputs}, batch_rows=True)
         try:
-            resp = await self._stub.ModelInfer(req, timeout=self._timeout)
+            resp = await self._stub.ModelInfer(req, timeout=self._timeout, metadata=_trace_metadata())
         except grpc.aio.AioRpcError as exc:
             raise translate(exc, target.model) from None
         result = InferResult(resp)

@@ -23,15 +23,13 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, get_current_span, set_span_in_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.observability.middleware import ERROR_CODE
-from gateway.observability.tracing import TRACE_ID, TRACER, Tracing, failed
+from gateway.observability.tracing import PROPAGATOR, TRACE_ID, TRACER, Tracing, failed
 from gateway.state import request_id
 
 HEADER = b"x-trace-id"
-_PROPAGATOR = TraceContextTextMapPropagator()
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
@@ -49,7 +47,7 @@ def incoming_trace_id(scope: Scope) -> str | None:
     carrier = _carrier(scope)
     if carrier is None:
         return None
-    ctx = get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    ctx = get_current_span(PROPAGATOR.extract(carrier)).get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
@@ -84,7 +82,7 @@ class Traced:
                 TRACE_ID.reset(token)
             return
         carrier = _carrier(scope)
-        parent = _PROPAGATOR.extract(carrier) if carrier is not None else None
+        parent = PROPAGATOR.extract(carrier) if carrier is not None else None
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
         span = tracer.start_span(
             method if method != "_OTHER" else "HTTP", parent, SpanKind.SERVER,
