@@ -6,7 +6,7 @@ STAMP := $(VENV)/.bootstrapped
 .PHONY: run test bench lint setup
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock requirements-models.txt scripts/bootstrap ledger/anchor/js/package-lock.json
+$(STAMP): pyproject.toml requirements.lock requirements-models.txt scripts/bootstrap ledger/anchor/js/package-lock.json tests/idp/package-lock.json
 	scripts/bootstrap
 	@touch $@
 

@@ -60,6 +60,8 @@ from gateway.security import Security, guard
 from gateway.settings import OpenAIBackendSettings, RedisSettings, Settings
 from gateway.state import Gateway, json_response, request_id
 from gateway.stats.service import StatsService
+from gateway.ui import pages as ui_pages
+from gateway.ui.console import Console
 from ledger.digest import load_or_create_key
 
 if TYPE_CHECKING:
@@ -232,6 +234,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
                                 policy.status, stats.release, report_key)  # fmt: skip
         backends = backend_factory(settings)
         monitor = Monitor(settings, metrics, audit, lambda: policy.engine.files.alerts)
+        console = Console(settings.ui, audit) if settings.ui.enabled else None
         keys = APIKeyStore(settings.api_keys_db)
         jwks_http = None  # only a JWKS URL needs an HTTP client
         if settings.auth.jwt is not None and settings.auth.jwt.jwks_url is not None:
@@ -257,7 +260,7 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             router.breaker_listeners.append(_breaker_entry(audit))
             router.apply_pins(pins.current())  # pins set at run time outlive restarts
             app.state.gateway = Gateway(settings, router, security, audit, guard, stats, metrics, pins, fairness,
-                                        reports)  # fmt: skip
+                                        reports, console)  # fmt: skip
             fairness.start(router)
             refresher = asyncio.create_task(_follow_pins(pins, router, settings.pins.refresh_s, stop))
             yield
@@ -266,6 +269,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
             await fairness.aclose()  # first: a scheduled audit in progress uses the router and the ledger
             await reports.aclose()  # before the statistics and the ledger its jobs use
             await monitor.aclose()
+            if console is not None:
+                await console.aclose()
             for task in (watcher, indexer, refresher):
                 if task is not None:
                     task.cancel()
@@ -321,6 +326,18 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         Route("/healthz", models.healthz, methods=["GET"]),
         Route("/readyz", models.readyz, methods=["GET"]),
     ]  # fmt: skip
+    if settings.ui.enabled:  # the page authenticates and authorizes each route itself (gateway/ui/pages.py)
+        routes += [
+            Route("/admin/ui", ui_pages.dashboard, methods=["GET"]),
+            Route("/admin/ui/login", ui_pages.login_form, methods=["GET"]),
+            Route("/admin/ui/login", ui_pages.login_key, methods=["POST"]),
+            Route("/admin/ui/login/oidc", ui_pages.login_oidc, methods=["GET"]),
+            Route("/admin/ui/callback", ui_pages.callback, methods=["GET"], name="ui_callback"),
+            Route("/admin/ui/logout", ui_pages.logout, methods=["POST"]),
+            Route("/admin/ui/reports", ui_pages.create_report, methods=["POST"]),
+            Route("/admin/ui/reports/{report}", ui_pages.download_report, methods=["GET"]),
+            Route("/admin/ui/ledger/verify", ui_pages.verify_ledger, methods=["POST"]),
+        ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,

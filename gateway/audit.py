@@ -132,6 +132,26 @@ class AuditTrail:
             out["anchoring"] = self.anchorer.status().to_dict()
         return out
 
+    async def verify(self) -> dict[str, Any]:
+        """Verify this replica's log now, as ``gateway ledger verify`` does (every hash, link, Merkle root and
+        checkpoint signature, and the anchors on the chain when the anchorer is connected); the report, with
+        ``checked_at``. Reads its own store connection in a worker thread."""
+
+        def run() -> dict[str, Any]:
+            from ledger.store import open_store
+            from ledger.verifier import verify_log
+
+            chain = self.anchorer.chain if self.anchorer is not None else None
+            store = open_store(self.settings.ledger_store())
+            try:
+                return verify_log(store, self.ledger.origin, self.ledger.verifier_key, chain=chain).to_dict()
+            finally:
+                store.close()
+
+        started = time.time()
+        report = await asyncio.to_thread(run)
+        return report | {"checked_at": started, "took_s": round(time.time() - started, 3)}
+
     async def proof(self, seq: int) -> dict[str, Any]:
         """The proof bundle of entry ``seq`` (raises ``ledger.proof.ProofUnavailable``)."""
 

@@ -354,6 +354,47 @@ class ReportSettings(_Frozen):
     """Longest period one report covers (no longer than the privacy policy's query.max_days)."""
 
 
+class OIDCLoginSettings(_Frozen):
+    """Browser sign-in to ``/admin/ui`` with an OpenID Connect provider (authorization code flow with PKCE).
+
+    The provider's access token is what the page then presents, so it must be a JWT that ``auth.jwt`` accepts
+    (its issuer, audience and roles claim): the page and the API see the same identity and the same roles."""
+
+    issuer: str = Field(min_length=1)
+    """The provider's issuer; its ``/.well-known/openid-configuration`` is read on first use."""
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+    """None: a public client (PKCE only). Otherwise sent with HTTP Basic to the token endpoint."""
+    scopes: tuple[str, ...] = ("openid", "profile")
+    redirect_uri: str | None = None
+    """Registered at the provider; default ``https://<the host the browser used>/admin/ui/callback``."""
+    audience: str | None = None
+    """Sent as ``audience`` (Auth0) and ``resource`` (RFC 8707) when the provider needs to be told which API the
+    access token is for; default not sent."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Deadline for each call to the provider (discovery, token, keys)."""
+    ca_file: Path | None = None
+    """CA certificates that verify an ``https`` provider; default the system's."""
+
+    @model_validator(mode="after")
+    def _openid(self) -> OIDCLoginSettings:
+        if "openid" not in self.scopes:
+            raise ValueError("scopes must include openid")
+        if not self.issuer.startswith(("https://", "http://")):
+            raise ValueError("issuer must be an https:// (or, for a local provider, http://) URL")
+        return self
+
+
+class UISettings(_Frozen):
+    """The compliance officers' page ``/admin/ui`` (docs/reports.md)."""
+
+    enabled: bool = True
+    oidc: OIDCLoginSettings | None = None
+    """None: the page signs in with an API key only."""
+    session_max_age_s: int = Field(8 * 3600, ge=60, le=7 * 86400)
+    """How long a browser stays signed in with an API key (a token's own expiry ends its session sooner)."""
+
+
 class LoggingSettings(_Frozen):
     """Logs of ``gateway serve`` on stderr."""
 
@@ -428,6 +469,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     fairness: FairnessSettings = FairnessSettings()
     reports: ReportSettings = ReportSettings()
+    ui: UISettings = UISettings()
     logging: LoggingSettings = LoggingSettings()
     tracing: TracingSettings = TracingSettings()
 
@@ -440,6 +482,8 @@ class Settings(BaseSettings):
         for name, b in self.backends.items():
             if isinstance(b, TritonBackendSettings) and b.url == "embedded" and not self.local_triton.enabled:
                 raise ValueError(f"backends.{name}.url: 'embedded' needs local_triton.enabled")
+        if self.ui.oidc is not None and self.auth.jwt is None:
+            raise ValueError("ui.oidc: browser sign-in needs auth.jwt, which verifies the provider's access tokens")
         by_name = {m.name: m for m in self.models}
         for i, m in enumerate(self.models):
             if m.backend not in self.backends:

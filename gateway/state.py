@@ -20,6 +20,7 @@ from gateway.routing import Router
 from gateway.security import Security
 from gateway.settings import Settings
 from gateway.stats.service import StatsService
+from gateway.ui.console import Console
 
 REQUEST_ID = "gateway.request_id"
 
@@ -48,6 +49,8 @@ class Gateway:
     pins: PinStore
     fairness: FairnessService
     reports: ReportService
+    ui: Console | None = None
+    """The compliance officers' page (``ui.enabled``)."""
 
     def answer_headers(self, request: Request, model: str, fallback_used: bool) -> dict[str, str]:
         headers = {"x-request-id": request_id(request.scope), "x-gateway-model": model}

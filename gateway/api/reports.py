@@ -25,7 +25,7 @@ from gateway.security import PRINCIPAL
 from gateway.state import Gateway, json_response
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
-_FILE = re.compile(r"^([0-9a-f]{32})\.(json|csv|pdf)$")
+FILE = re.compile(r"^([0-9a-f]{32})\.(json|csv|pdf)$")
 _MAX_BODY = 64 * 1024
 
 
@@ -51,7 +51,7 @@ async def report_key(request: Request) -> Response:
 async def get_report(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     name = request.path_params["report"]
-    match = _FILE.match(name)
+    match = FILE.match(name)
     if match is not None:
         rid, fmt = match.group(1), match.group(2)
         return await _download(request, gw, rid, fmt)  # type: ignore[arg-type]  # the pattern admits only these
