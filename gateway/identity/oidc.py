@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 import orjson
+from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
-from authlib.oauth2.rfc6749 import OAuth2Error
 from joserfc import jwt
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import KeySet
@@ -158,7 +158,7 @@ class OIDCLogin:
             try:
                 token = await client.fetch_token(meta["token_endpoint"], grant_type="authorization_code", code=code,
                                                  code_verifier=tx.verifier)  # fmt: skip
-            except OAuth2Error as exc:
+            except AuthlibBaseError as exc:  # the provider's OAuth error answer, or a malformed one
                 raise LoginError(f"the identity provider refused the code: {exc.error}: "
                                  f"{exc.description or ''}".rstrip(": ")) from None  # fmt: skip
             except httpx.HTTPError as exc:
