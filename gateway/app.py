@@ -231,7 +231,8 @@ def create_app(settings: Settings, *, backend_factory: BackendFactory = build_ba
         pins = PinStore(settings.ledger_store())
         fairness = FairnessService(settings, audit, policy, metrics)
         reports = ReportService(settings, audit, audit.ledger.origin, audit.ledger.verifier_key, fairness.store,
-                                policy.status, stats.release, report_key)  # fmt: skip
+                                policy.status, stats.release, report_key,
+                                lambda: audit.anchorer.chain if audit.anchorer is not None else None)  # fmt: skip
         backends = backend_factory(settings)
         monitor = Monitor(settings, metrics, audit, lambda: policy.engine.files.alerts)
         console = Console(settings.ui, audit) if settings.ui.enabled else None

@@ -28,7 +28,7 @@ from gateway.reports.controls import SECTIONS, TITLES, Controls
 from gateway.reports.ledger_scan import Scan, scan
 from gateway.settings import Settings
 from ledger.store import Store, open_store
-from ledger.verifier import verify_log
+from ledger.verifier import AnchorSource, verify_log
 
 FORMAT = "llm-gateway-report/1"
 
@@ -54,6 +54,8 @@ class Sources:
     fairness: FairnessStore
     policy_status: Callable[[], dict[str, Any]]
     release: Release
+    chain: AnchorSource | None = None
+    """The chain connection, when there is one: the verification then checks every anchor on it too."""
 
 
 def config_digest(settings: Settings) -> str:
@@ -196,7 +198,7 @@ def _error_rate(ops: dict[str, Any]) -> float | None:
 
 
 def _integrity(src: Sources, store: Store, found: Scan) -> dict[str, Any]:
-    result = verify_log(store, src.origin, src.verifier_key)
+    result = verify_log(store, src.origin, src.verifier_key, chain=src.chain)
     logs = []
     for name, extent in sorted(found.logs.items()):
         last = extent.last_seq if extent.last_seq is not None else -1
@@ -210,7 +212,7 @@ def _integrity(src: Sources, store: Store, found: Scan) -> dict[str, Any]:
             "anchor": anchors[0] if anchors else None,
         })  # fmt: skip
     return {
-        "verification": {k: v for k, v in result.to_dict().items() if k != "chain_checked"} | {
+        "verification": result.to_dict() | {
             "checked_at": datetime.now(UTC).isoformat(timespec="seconds"), "verifier_key": src.verifier_key},
         "logs": logs,
         "entries_in_period": found.entries,

@@ -36,6 +36,7 @@ from gateway.reports.render_pdf import render_pdf
 from gateway.reports.sign import ReportSigner, report_digest
 from gateway.settings import Settings
 from ledger.keyfile import KeyFileError
+from ledger.verifier import AnchorSource
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,12 @@ def report_signer(settings: Settings) -> ReportSigner:
 class ReportService:
     def __init__(self, settings: Settings, audit: AuditSink, origin: str, verifier_key: str,
                  fairness: FairnessStore, policy_status: Callable[[], dict[str, Any]],
-                 release: StatsRelease, signer: ReportSigner) -> None:  # fmt: skip
+                 release: StatsRelease, signer: ReportSigner,
+                 chain: Callable[[], AnchorSource | None] = lambda: None) -> None:  # fmt: skip
+        """``chain`` gives the anchorer's chain connection when it has one (the integrity section then checks
+        the anchors on the chain)."""
         self.settings = settings
+        self._chain = chain
         self._release = release
         self._one_at_a_time = asyncio.Semaphore(1)
         """A report verifies the whole log and scans the period in a worker thread: one at a time per replica,
@@ -212,7 +217,8 @@ class ReportService:
     async def _generate(self, rid: str, requested_by: str, req: ReportRequest, release: Release,
                         progress: Callable[[str], None]) -> None:  # fmt: skip
         controls = await asyncio.to_thread(load_controls, self.settings.policy.dir / "controls.yaml")
-        src = Sources(self.settings, self._origin, self._verifier_key, self._fairness, self._policy_status, release)
+        src = Sources(self.settings, self._origin, self._verifier_key, self._fairness, self._policy_status, release,
+                      self._chain())  # fmt: skip
         sections, entries = await collect(src, controls, req.start, req.end, req.sections, progress)
         body: dict[str, Any] = {
             "format": FORMAT, "id": rid, "period": {"from": req.start.isoformat(), "to": req.end.isoformat()},
