@@ -31,6 +31,7 @@ from gateway.api.body import read_body
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, Unauthenticated
 from gateway.identity.oidc import LoginError, Transaction
 from gateway.identity.principal import Principal
+from gateway.observability.tracing import with_trace_id
 from gateway.reports.controls import SECTIONS, TITLES
 from gateway.security import PRINCIPAL, authorize
 from gateway.state import Gateway, request_id
@@ -53,8 +54,8 @@ def _gw(request: Request) -> tuple[Gateway, Console]:
 def _html(console: Console, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     body = console.render(name, request_id=request_id(request.scope), **context)
     headers = {"x-request-id": request_id(request.scope), "cache-control": "no-store",
-               "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-                                          "form-action 'self' https: http:; frame-ancestors 'none'; base-uri 'none'",
+               "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                                          "frame-ancestors 'none'; base-uri 'none'",
                "x-content-type-options": "nosniff", "referrer-policy": "same-origin"}  # fmt: skip
     return HTMLResponse(body, status_code=status, headers=headers)
 
@@ -222,7 +223,7 @@ async def callback(request: Request) -> Response:
             raise LoginError("the access token and the ID token name different people")
         await authorize(gw.security.policy, gw.audit, principal, UI, "report")
     except LoginError as exc:
-        await gw.audit.commit("authn.failed", "anonymous", {"reason": f"ui sign-in: {exc}"})
+        await gw.audit.commit("authn.failed", "anonymous", with_trace_id({"reason": f"ui sign-in: {exc}"}))
         response = _html(console, request, "login.html", status=401, oidc=True, reason=str(exc))
     except (Unauthenticated, PermissionDenied) as exc:
         response = _html(console, request, "login.html", status=exc.status, oidc=True, reason=exc.message)

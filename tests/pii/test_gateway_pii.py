@@ -18,6 +18,7 @@ from gateway.errors import ConfigError
 from gateway.settings import Settings
 from ledger.store import open_store
 from tests.conftest import POLICIES, create_app, in_process, new_key
+from tests.serving import serve
 
 EMAIL, PHONE, IBAN = "jane.doe@corp-mail.com", "212-555-0187", "DE89 3704 0044 0532 0130 00"
 CARD, SSN = "4111 1111 1111 1111", "536-22-8431"
@@ -98,15 +99,8 @@ async def upstream() -> AsyncIterator[Upstream]:
     app.router.add_post("/v1/chat/completions", up.chat)
     app.router.add_post("/v1/completions", up.chat)
     app.router.add_post("/v1/embeddings", up.embed)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    up.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve(app) as up.port:
         yield up
-    finally:
-        await runner.cleanup()
 
 
 def settings_for(tmp_path: Path, up: Upstream, policies: Path = POLICIES, **extra: Any) -> Settings:

@@ -21,6 +21,7 @@ from gateway.observability.webhook import Webhook, message
 from gateway.settings import AlertSettings, ModelRoute
 from ledger.store import open_store
 from tests.conftest import POLICIES, create_app, in_process, make_settings, new_key, wait_for
+from tests.serving import serve
 
 CHAT = "/v1/chat/completions"
 
@@ -178,15 +179,8 @@ async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]], list[dict
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve(app) as port:
         yield f"http://127.0.0.1:{port}/hook", bodies, attempts
-    finally:
-        await runner.cleanup()
 
 
 async def test_api_error_rate_alert_end_to_end(triton: Any, tmp_path: Path, receiver: Any,

@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2_grpc
 from gateway.observability.tracing import TRACE_ID, backend_headers
 from gateway.settings import Settings
 from tests.conftest import POLICIES, create_app, in_process, make_settings, new_key
+from tests.serving import serve
 
 CHAT = "/v1/chat/completions"
 TRACE, PARENT = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -90,15 +91,8 @@ async def upstream() -> AsyncIterator[Upstream]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", up.chat)
     app.router.add_post("/v1/embeddings", up.embed)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    up.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve(app) as up.port:
         yield up
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["tracing", "off"])
