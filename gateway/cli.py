@@ -135,9 +135,9 @@ def keys_create(config_file: Path | None, owner: str, roles: tuple[str, ...], ex
 
 
 def _when(ts: float | None) -> str:
-    import datetime as dt
+    from gateway.timefmt import human
 
-    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return human(ts, never="-")
 
 
 @keys.command("list")

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,11 @@ class Ledger:
         """Open the store, rebuild the tree from it, and start the writer thread."""
         store = self._store_arg or open_store(self.config.store_url)
         self._store = store
-        self.tree = MerkleTree(leaf_hash(h) for h in store.hashes(self.origin))
+        # The head first, then the entries up to it: another writer of this log (a CLI command beside the running
+        # gateway) may append meanwhile, and what it appends is taken up as any concurrent append is.
         head = store.head(self.origin)
+        hashes = store.hashes(self.origin)
+        self.tree = MerkleTree(leaf_hash(h) for h in (hashes if head is None else islice(hashes, head[0] + 1)))
         if head is not None:
             if head[0] != self.tree.size - 1:
                 raise StoreError(f"log {self.origin!r} has a gap: last seq {head[0]} but {self.tree.size} entries")

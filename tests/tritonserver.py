@@ -16,20 +16,17 @@ the one PyTriton itself gives the server, and each part matters:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-
+from backends.local import launcher
 from backends.local.launcher import free_port
 
 _SITE = Path(sysconfig.get_paths()["purelib"])
@@ -135,29 +132,7 @@ class RepositoryTriton:
 
     def wait_ready(self, models: tuple[str, ...], timeout_s: float) -> None:
         """Wait until the server and ``models`` are ready; raise RuntimeError at the deadline."""
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.grpc_url) as channel:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"tritonserver exited with status {self.process.returncode}")
-                try:
-                    if stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2).ready and all(
-                        stub.ModelReady(service_pb2.ModelReadyRequest(name=m), timeout=2).ready for m in models
-                    ):
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"tritonserver not ready after {timeout_s:.0f} s")
-                time.sleep(0.2)
+        asyncio.run(launcher.wait_ready(self.process, self.grpc_url, models, timeout_s, "tritonserver"))
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        launcher.stop(self.process, timeout_s)

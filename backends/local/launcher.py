@@ -99,34 +99,45 @@ class LocalTriton:
                 )
 
     async def wait_ready(self, models: Iterable[str], timeout_s: float) -> None:
-        """Wait until the server and ``models`` are ready; raise RuntimeError at the deadline."""
-        deadline = time.monotonic() + timeout_s
-        names = list(models)
-        async with grpc.aio.insecure_channel(self.grpc_url) as channel:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"local Triton exited with status {self.process.returncode}")
-                try:
-                    if (await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2)).ready and all(
-                        [(await stub.ModelReady(service_pb2.ModelReadyRequest(name=n), timeout=2)).ready for n in names]
-                    ):
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"local Triton not ready after {timeout_s:.0f} s")
-                await asyncio.sleep(0.2)
+        await wait_ready(self.process, self.grpc_url, models, timeout_s, "local Triton")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, timeout_s)
+
+
+async def wait_ready(process: subprocess.Popen[bytes], grpc_url: str, models: Iterable[str], timeout_s: float,
+                     what: str = "Triton") -> None:  # fmt: skip
+    """Wait until the Triton server of ``process`` and ``models`` are ready; RuntimeError if it exits or at the
+    deadline."""
+    deadline = time.monotonic() + timeout_s
+    names = list(models)
+    async with grpc.aio.insecure_channel(grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with status {process.returncode}")
+            try:
+                if (await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2)).ready and all(
+                    [(await stub.ModelReady(service_pb2.ModelReadyRequest(name=n), timeout=2)).ready for n in names]
+                ):
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s")
+            await asyncio.sleep(0.2)
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 MODEL_SETS = {

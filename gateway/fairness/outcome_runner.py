@@ -38,6 +38,7 @@ from gateway.fairness.runner import SUBJECT, _why
 from gateway.fairness.schedule import every_seconds
 from gateway.fairness.store import Cell, FairnessStore
 from gateway.fairness.verdict import judge_outcomes, overall
+from gateway.timefmt import iso
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,6 @@ class OutcomeServices:
     store: FairnessStore
     audit: AuditSink
     policy_version: int
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def wilson(successes: int, n: int, confidence: float) -> tuple[float, float]:
@@ -118,7 +115,7 @@ class _Run:
         described: dict[str, Any] = {
             "audit_id": audit_id, "audit": spec.name, "file": self.entry.path, "digest": self.entry.digest,
             "model": self.model, "version": self.version or None, "attribute": spec.attribute.name,
-            "window": {"from": _iso(self.window[0]), "to": _iso(self.window[1])},
+            "window": {"from": iso(self.window[0]), "to": iso(self.window[1])},
             "policy_version": self.services.policy_version, "requested_by": self.requested_by,
         }  # fmt: skip
         await ledger.commit("fairness.started", SUBJECT, {**described, "kind": "outcome"})

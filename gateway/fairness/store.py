@@ -27,6 +27,7 @@ import orjson
 from gateway.db import Database, beside_ledger
 from gateway.fairness.probeset import Schedule
 from gateway.fairness.schedule import due
+from gateway.timefmt import iso
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS fairness_decisions (request_id TEXT PRIMARY KEY, audit TEXT NOT NULL,"
@@ -103,17 +104,13 @@ class AuditRecord:
         """The list view: everything but the result, plus the checks that did not pass."""
         return {
             "id": self.id, "object": "fairness.audit", "name": self.name, "kind": self.kind, "model": self.model,
-            "version": self.version or None, "status": self.status, "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at), "requested_by": self.requested_by,
+            "version": self.version or None, "status": self.status, "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at), "requested_by": self.requested_by,
             "ledger": {"log": self.log, "seq": self.seq}, "accuracy": self.accuracy,
         }  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary(), "result": self.result}
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 _AUDIT_COLUMNS = "id, name, kind, model, version, status, started_at, finished_at, requested_by, log, seq, accuracy"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.audit import AuditTrail
@@ -23,6 +22,7 @@ from gateway.observability.signals import Sources
 from gateway.observability.triton import TritonScraper
 from gateway.observability.webhook import Webhook, message
 from gateway.settings import Settings
+from gateway.timefmt import iso
 
 log = logging.getLogger("gateway.alerts")
 
@@ -67,9 +67,9 @@ class Monitor:
         kind = "alert.fired" if event.status == "firing" else "alert.resolved"
         data: dict[str, Any] = {"alert": rule.name, "level": rule.level, "severity": rule.severity,
                                 "labels": event.labels, "condition": rule.condition(), "value": event.value,
-                                "started_at": _iso(event.started_at)}  # fmt: skip
+                                "started_at": iso(event.started_at)}  # fmt: skip
         if event.ended_at is not None:
-            data["ended_at"] = _iso(event.ended_at)
+            data["ended_at"] = iso(event.ended_at)
         where = ", ".join(f"{k}={v}" for k, v in event.labels.items())
         fields = {"event": kind, "alert": rule.name, "severity": rule.severity, "labels": event.labels}
         log.log(logging.WARNING if event.status == "firing" else logging.INFO, "alert %s %s%s: %s (value %s)",
@@ -92,7 +92,3 @@ class Monitor:
         self.audit.observe = None
         self.metrics.collector.bind(None, None)
         await self.triton.aclose()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

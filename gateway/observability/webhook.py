@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from gateway.settings import AlertSettings
+from gateway.timefmt import iso
 
 if TYPE_CHECKING:
     from gateway.observability.evaluator import AlertEvent
@@ -31,7 +31,7 @@ _NEVER = "0001-01-01T00:00:00Z"  # Alertmanager's "not ended"
 
 
 def _iso(ts: float | None) -> str:
-    return _NEVER if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    return _NEVER if ts is None else iso(ts)
 
 
 def message(event: AlertEvent, origin: str) -> dict[str, Any]:

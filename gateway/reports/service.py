@@ -35,6 +35,7 @@ from gateway.reports.render_csv import render_csv
 from gateway.reports.render_pdf import render_pdf
 from gateway.reports.sign import ReportSigner, report_digest
 from gateway.settings import Settings
+from gateway.timefmt import iso
 from ledger.keyfile import KeyFileError
 from ledger.verifier import AnchorSource
 
@@ -57,16 +58,13 @@ _COLUMNS = ("id, status, period_from, period_to, sections, requested_by, created
             " report_sha256, pdf_sha256, csv_sha256, ledger_log, ledger_seq")  # fmt: skip
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 def _view(row: Any) -> dict[str, Any]:
     r = list(row)
     done = r[1] == "done"
     return {
         "id": r[0], "object": "report", "status": r[1], "period": {"from": r[2], "to": r[3]},
-        "sections": r[4].split(","), "requested_by": r[5], "created_at": _iso(r[6]), "finished_at": _iso(r[7]),
+        "sections": r[4].split(","), "requested_by": r[5], "created_at": iso(r[6]),
+        "finished_at": None if r[7] is None else iso(r[7]),
         "progress": r[8], "error": r[9],
         "digests": {"report_sha256": r[10], "pdf_sha256": r[11], "csv_sha256": r[12]} if done else None,
         "ledger": {"log": r[13], "seq": r[14]} if done else None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -11,12 +10,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from gateway.audit import AuditTrail
 from gateway.identity.oidc import OIDCLogin
 from gateway.settings import UISettings
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+from gateway.timefmt import human
 
 
 def _age(seconds: float | None) -> str:
@@ -38,7 +32,7 @@ class Console:
         self.templates = Environment(loader=PackageLoader("gateway.ui", "templates"),
                                      autoescape=select_autoescape(default=True, default_for_string=True),
                                      enable_async=False, trim_blocks=True, lstrip_blocks=True)  # fmt: skip
-        self.templates.filters["when"] = _when
+        self.templates.filters["when"] = human
         self.templates.filters["age"] = _age
         self.verification: dict[str, Any] | None = None
         self._verifying = asyncio.Lock()

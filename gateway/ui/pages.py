@@ -2,12 +2,15 @@
 
 - ``GET /admin/ui``: ledger status (checkpoint, anchoring lag, verification), policy status, the latest fairness
   audits, and the reports, with a form to create one and links to download each. Casbin ``report`` on
-  ``route:/admin/ui``; each part the caller's roles do not cover says so instead.
+  ``route:/admin/ui``; each part the caller's roles do not cover says so instead: the ledger's status needs
+  ``report`` on ``route:/admin/ledger/status`` (its sizes are exact counts of traffic, which roles that read
+  only differentially private numbers must not see), the audits on ``route:/admin/fairness/audits``, the
+  reports on ``route:/admin/reports``.
 - ``GET /admin/ui/login``, ``POST /admin/ui/login`` (an API key), ``GET /admin/ui/login/oidc`` and
   ``GET /admin/ui/callback`` (OpenID Connect), ``POST /admin/ui/logout``.
 - ``POST /admin/ui/reports`` creates a report, ``GET /admin/ui/reports/{id}.{json,csv,pdf}`` downloads one (both
   Casbin ``report`` on ``route:/admin/reports``, as over the API); ``POST /admin/ui/ledger/verify`` verifies the
-  ledger now.
+  ledger now (``report`` on ``route:/admin/ledger/status``).
 
 Every decision is made by the API's own authenticator and Casbin policy, and recorded in the ledger the same
 way. Errors are HTML pages with the API's status and message.
@@ -41,6 +44,7 @@ from gateway.ui.console import Console
 UI = "route:/admin/ui"
 REPORTS = "route:/admin/reports"
 AUDITS = "route:/admin/fairness/audits"
+LEDGER = "route:/admin/ledger/status"
 _FORM_LIMIT = 16 * 1024
 Page = Callable[[Request], Awaitable[Response]]
 
@@ -135,6 +139,7 @@ async def _dashboard(request: Request, principal: Principal, current: session.Se
     ledger = gw.audit.ledger.status()
     anchoring = gw.audit.anchorer.status() if gw.audit.anchorer is not None else None
     can_audits = engine.decide(principal, AUDITS, "report").allowed
+    can_ledger = engine.decide(principal, LEDGER, "report").allowed
     can_reports = engine.decide(principal, REPORTS, "report").allowed
     audits = []
     if can_audits:
@@ -144,10 +149,11 @@ async def _dashboard(request: Request, principal: Principal, current: session.Se
     today = datetime.now(UTC).date()
     form = form or {"from": (today - timedelta(days=29)).isoformat(), "to": today.isoformat(),
                     "sections": list(SECTIONS)}  # fmt: skip
-    busy = console.verifying or any(r["status"] in ("pending", "running") for r in reports)
+    busy = (can_ledger and console.verifying) or any(r["status"] in ("pending", "running") for r in reports)
     context = {
         "principal": principal, "roles": sorted(r.removeprefix("role:") for r in engine.roles(principal)),
-        "csrf": current.csrf(), "ledger": ledger, "origin": gw.audit.ledger.origin, "anchoring": anchoring,
+        "csrf": current.csrf(), "can_ledger": can_ledger, "ledger": ledger, "origin": gw.audit.ledger.origin,
+        "anchoring": anchoring,
         "chain": gw.settings.ledger.chain, "now": time.time(), "verification": console.verification,
         "verifying": console.verifying, "policy": gw.security.policy.status(), "can_audits": can_audits,
         "audits": audits, "can_reports": can_reports, "reports": reports,
@@ -271,7 +277,7 @@ async def download_report(request: Request) -> Response:
 @page
 async def verify_ledger(request: Request) -> Response:
     _, console = _gw(request)
-    _, current = await _signed_in(request, UI)
+    _, current = await _signed_in(request, LEDGER)
     await _form(request, current)
     result = await console.verify()
     notice = "The ledger verifies." if result["ok"] else "The ledger does NOT verify: see the problems below."

@@ -188,7 +188,9 @@ async def test_two_replicas_share_limits_policy_ledger_store_and_statistics(depl
         for client in clients[admin]:
             while True:
                 anchoring = (await client.get("/readyz")).json()["ledger"]["anchoring"]
-                if anchoring["anchored_size"] > 0 and anchoring["error"] is None:
+                metrics = (await client.get("/metrics")).text
+                anchored = re.search(r"^gateway_ledger_anchored_entries ([0-9.e+]+)$", metrics, re.M)
+                if anchoring["ok"] and anchored is not None and float(anchored.group(1)) > 0:
                     break
                 assert time.monotonic() < deadline, f"not anchored: {anchoring}"
                 await asyncio.sleep(0.25)

@@ -144,12 +144,20 @@ async def test_no_endpoint_gives_a_noisy_only_role_an_exact_statistic(gw) -> Non
             path = route.path.replace("{model:path}", "echo").replace("{seq}", "0")
             r = await analyst.get(path, params={"metric": "requests", "group_by": "day", **_range()})
             if r.status_code == 200:
-                reachable[route.path] = r.json()
+                html = r.headers["content-type"].startswith("text/html")
+                reachable[route.path] = {"page": r.text} if html else r.json()
+        # The compliance page, signed in as the analyst (a cookie, not the bearer header): no ledger sizes.
+        assert (await analyst.post("/admin/ui/login", data={"api_key": analyst_key})).status_code == 303
+        page = await analyst.get("/admin/ui", headers={"authorization": ""})
+        assert page.status_code == 200 and "Your roles do not include the ledger's status" in page.text
+        assert "Entries" not in page.text and "tree size" not in page.text
+        reachable["/admin/ui"] = {"page": page.text}
     # Reviewed: none of these carries a statistic. A new endpoint an analyst can reach fails here until reviewed.
     # /admin/reports lists report statuses and /admin/reports/key the signing key; a report's own numbers about
-    # traffic come from /admin/stats's release path (tests/reports).
+    # traffic come from /admin/stats's release path (tests/reports). /readyz has flags and a lag in seconds only.
+    # The page's login form and the page itself (above) show no ledger size to an analyst.
     without_statistics = {"/healthz", "/readyz", "/v1/models", "/v1/models/{model:path}", "/admin/reports",
-                          "/admin/reports/key"}  # fmt: skip
+                          "/admin/reports/key", "/admin/ui/login", "/admin/ui"}  # fmt: skip
     assert "/admin/stats" in reachable and set(reachable) <= without_statistics | {"/admin/stats"}, set(reachable)
     released = {g["day"]: g["value"] for g in reachable["/admin/stats"]["groups"]}
     assert sum(released[day] == n for day, n in truth.items()) < len(truth)
