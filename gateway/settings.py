@@ -392,7 +392,17 @@ class UISettings(_Frozen):
     oidc: OIDCLoginSettings | None = None
     """None: the page signs in with an API key only."""
     session_max_age_s: int = Field(8 * 3600, ge=60, le=7 * 86400)
-    """How long a browser stays signed in with an API key (a token's own expiry ends its session sooner)."""
+    """How long a browser stays signed in (a token's own expiry ends its session sooner; closing the browser too)."""
+    public_url: str | None = None
+    """The page's address as browsers see it (``https://gateway.example.com``), when a TLS-terminating proxy sits in
+    front of the gateway; default the address each request arrives at. Forms must come from its origin, cookies are
+    ``Secure`` when it is ``https``, and the OIDC redirect URI defaults to it plus ``/admin/ui/callback``."""
+
+    @model_validator(mode="after")
+    def _public_url(self) -> UISettings:
+        if self.public_url is not None and not self.public_url.startswith(("https://", "http://")):
+            raise ValueError("public_url must be an https:// (or http://) URL")
+        return self
 
 
 class LoggingSettings(_Frozen):

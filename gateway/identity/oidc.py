@@ -14,6 +14,7 @@ names a key id the cached set lacks (rotation).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import ssl
 import time
@@ -31,6 +32,8 @@ from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from gateway.settings import OIDCLoginSettings
+
+log = logging.getLogger(__name__)
 
 _KEYS_MIN_REFETCH_S = 30.0
 _ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "Ed25519"]
@@ -96,7 +99,8 @@ class OIDCLogin:
             resp.raise_for_status()
             return resp.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise LoginError(f"the identity provider's {what} cannot be read: {exc}") from None
+            log.warning("the identity provider's %s at %s cannot be read: %r", what, url, exc)
+            raise LoginError(f"the identity provider's {what} cannot be read; try again later") from None
 
     async def metadata(self) -> dict[str, Any]:
         """The provider's discovery document (read once), checked to name our issuer and the endpoints we use."""
@@ -145,8 +149,10 @@ class OIDCLogin:
         """Check the provider's answer (``code`` and ``state``, or ``error``) and exchange the code."""
         if time.time() - tx.started_at > self.TRANSACTION_MAX_AGE_S:
             raise LoginError("the sign-in took too long; start again")
-        if not secrets.compare_digest(params.get("state", ""), tx.state):
+        if not secrets.compare_digest(params.get("state", "").encode(), tx.state.encode()):
             raise LoginError("the sign-in answer does not match this browser's sign-in (state); start again")
+        if "iss" in params and params["iss"] != self._cfg.issuer:  # RFC 9207: an answer from another provider
+            raise LoginError("the sign-in answer comes from another identity provider (iss)")
         if "error" in params:
             detail = params.get("error_description") or params["error"]
             raise LoginError(f"the identity provider refused the sign-in: {detail[:200]}")
@@ -158,16 +164,19 @@ class OIDCLogin:
             try:
                 token = await client.fetch_token(meta["token_endpoint"], grant_type="authorization_code", code=code,
                                                  code_verifier=tx.verifier)  # fmt: skip
-            except AuthlibBaseError as exc:  # the provider's OAuth error answer, or a malformed one
+            except AuthlibBaseError as exc:  # the provider's OAuth error answer
                 raise LoginError(f"the identity provider refused the code: {exc.error}: "
                                  f"{exc.description or ''}".rstrip(": ")) from None  # fmt: skip
-            except httpx.HTTPError as exc:
-                raise LoginError(f"the identity provider's token endpoint cannot be reached: {exc}") from None
+            except Exception as exc:  # the transport's errors (authlib uses httpx or httpx2), an answer not JSON
+                log.warning("the identity provider's token endpoint failed: %r", exc)
+                raise LoginError("the identity provider's token endpoint did not answer; try again later") from None
         id_token, access_token = token.get("id_token"), token.get("access_token")
         if not isinstance(id_token, str) or not isinstance(access_token, str):
             raise LoginError("the identity provider's token response lacks an id_token or an access_token")
         claims = await self._verify_id_token(id_token, tx.nonce)
         expires_at = token.get("expires_at")
+        if expires_at is not None and not isinstance(expires_at, int | float):
+            raise LoginError("the identity provider's token response has an invalid expiry")
         return SignedIn(access_token, str(claims["sub"]), float(expires_at) if expires_at is not None else None)
 
     async def _keyset(self, force: bool) -> KeySet:
@@ -199,4 +208,8 @@ class OIDCLogin:
             raise LoginError(f"the ID token is not valid: {exc.error}: {exc.description or ''}".rstrip(": ")) from None
         except (ValueError, KeyError, TypeError):
             raise LoginError("the ID token is malformed") from None
-        return dict(decoded.claims)
+        claims = dict(decoded.claims)
+        aud, azp = claims["aud"], claims.get("azp")
+        if (azp is not None and azp != self._cfg.client_id) or (isinstance(aud, list) and len(aud) > 1 and azp is None):
+            raise LoginError("the ID token was issued to another client (azp)")  # OpenID Connect Core 3.1.3.7
+        return claims

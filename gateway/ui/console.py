@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -41,8 +42,12 @@ class Console:
     def verifying(self) -> bool:
         return self._verifying.locked()
 
-    async def verify(self) -> dict[str, Any]:
-        """Verify the ledger now; one verification at a time (a request during one gets that one's result)."""
+    async def verify(self, max_age_s: float = 60.0) -> dict[str, Any]:
+        """Verify the ledger now; one verification at a time (a request during one gets that one's result), and
+        a result younger than ``max_age_s`` is reused (the button cannot keep a core busy)."""
+        last = self.verification
+        if last is not None and time.time() - last["checked_at"] < max_age_s:
+            return last
         if self._verifying.locked():
             async with self._verifying:
                 if self.verification is not None:

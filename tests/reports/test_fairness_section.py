@@ -26,11 +26,11 @@ async def test_a_probe_audit_in_the_period_is_in_the_report_with_its_charts(trit
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         (audit,) = await app.state.gateway.fairness.run("screening-test", requested_by="test")
-        async with _client(app, new_key(settings, "analyst")) as analyst:
-            status = await _report(analyst, _today(), sections=["fairness"])
+        async with _client(app, new_key(settings, "compliance-officer")) as officer:
+            status = await _report(officer, _today(), sections=["fairness"])
             assert status["status"] == "done", status
-            doc = orjson.loads((await analyst.get(f"/admin/reports/{status['id']}.json")).content)
-            pdf = (await analyst.get(f"/admin/reports/{status['id']}.pdf")).content
+            doc = orjson.loads((await officer.get(f"/admin/reports/{status['id']}.json")).content)
+            pdf = (await officer.get(f"/admin/reports/{status['id']}.pdf")).content
     jsonschema.validate(doc, SCHEMA)
     fairness = check_signature(doc)["sections"]["fairness"]
     (a,) = fairness["audits"]

@@ -20,9 +20,9 @@ async def test_verify_offline_with_the_proof_bundle_of_the_entry(triton, tmp_pat
     """``report verify --proof`` checks the entry's inclusion under the pinned ledger key, with no store."""
     settings = make_settings(triton, tmp_path)
     app = create_app(settings)
-    async with app.router.lifespan_context(app), _client(app, new_key(settings, "analyst")) as analyst:
-        status = await _report(analyst, _today(), sections=["inventory"])
-        doc = (await analyst.get(f"/admin/reports/{status['id']}.json")).content
+    async with app.router.lifespan_context(app), _client(app, new_key(settings, "compliance-officer")) as officer:
+        status = await _report(officer, _today(), sections=["inventory"])
+        doc = (await officer.get(f"/admin/reports/{status['id']}.json")).content
     (tmp_path / "r.json").write_bytes(doc)
     config = tmp_path / "gateway.yaml"
     config.write_text(f"state_dir: {tmp_path}\n")
@@ -55,15 +55,15 @@ async def test_reports_and_their_files_live_in_postgresql(triton, tmp_path: Path
     lists the report and serves the same bytes."""
     settings = make_settings(triton, tmp_path, ledger={"store": pg_url, "chain": {"enabled": False},
                                                        "origin": "reports.test/pg"})  # fmt: skip
-    key = new_key(settings, "analyst")
+    key = new_key(settings, "compliance-officer")
     app = create_app(settings)
-    async with app.router.lifespan_context(app), _client(app, key) as analyst:
-        status = await _report(analyst, _today(), sections=["inventory", "integrity"])
+    async with app.router.lifespan_context(app), _client(app, key) as officer:
+        status = await _report(officer, _today(), sections=["inventory", "integrity"])
         assert status["status"] == "done", status
-        pdf = (await analyst.get(f"/admin/reports/{status['id']}.pdf")).content
+        pdf = (await officer.get(f"/admin/reports/{status['id']}.pdf")).content
     again = create_app(settings)
-    async with again.router.lifespan_context(again), _client(again, key) as analyst:
-        assert status["id"] in [r["id"] for r in (await analyst.get("/admin/reports")).json()["data"]]
-        assert (await analyst.get(f"/admin/reports/{status['id']}.pdf")).content == pdf
-        doc = orjson.loads((await analyst.get(f"/admin/reports/{status['id']}.json")).content)
+    async with again.router.lifespan_context(again), _client(again, key) as officer:
+        assert status["id"] in [r["id"] for r in (await officer.get("/admin/reports")).json()["data"]]
+        assert (await officer.get(f"/admin/reports/{status['id']}.pdf")).content == pdf
+        doc = orjson.loads((await officer.get(f"/admin/reports/{status['id']}.json")).content)
     assert doc["report"]["sections"]["integrity"]["verification"]["ok"] is True

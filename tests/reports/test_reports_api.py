@@ -83,20 +83,20 @@ async def test_a_report_over_real_traffic_holds_every_section_signed_and_in_the_
     """Sections present, numbers from DP releases, PDF text matches the JSON, signature and ledger entry."""
     app, settings = gw
     await _traffic(app, settings)
-    async with _client(app, new_key(settings, "analyst", owner="ana")) as analyst:
-        status = await _report(analyst, _today())
+    async with _client(app, new_key(settings, "compliance-officer", owner="ana")) as officer:
+        status = await _report(officer, _today())
         assert status["status"] == "done", status
         rid = status["id"]
         files = {}
         for fmt, media in (("json", "application/json"), ("csv", "text/csv"), ("pdf", "application/pdf")):
-            r = await analyst.get(f"/admin/reports/{rid}.{fmt}")
+            r = await officer.get(f"/admin/reports/{rid}.{fmt}")
             assert r.status_code == 200 and r.headers["content-type"].startswith(media)
             assert r.headers["content-disposition"] == f'attachment; filename="report-{rid}.{fmt}"'
             files[fmt] = r.content
-            again = await analyst.get(f"/admin/reports/{rid}.{fmt}", headers={"if-none-match": r.headers["etag"]})
+            again = await officer.get(f"/admin/reports/{rid}.{fmt}", headers={"if-none-match": r.headers["etag"]})
             assert again.status_code == 304 and again.content == b""
-        key = (await analyst.get("/admin/reports/key")).json()
-        listed = (await analyst.get("/admin/reports")).json()["data"]
+        key = (await officer.get("/admin/reports/key")).json()
+        listed = (await officer.get("/admin/reports")).json()["data"]
         assert [x["id"] for x in listed] == [rid]
     document = orjson.loads(files["json"])
     jsonschema.validate(document, SCHEMA)
@@ -152,11 +152,11 @@ async def test_a_report_over_real_traffic_holds_every_section_signed_and_in_the_
 async def test_one_changed_byte_fails_verification(gw, tmp_path: Path) -> None:
     """The CLI verifies a downloaded report and its PDF; one byte changed in either fails, with exit 1."""
     app, settings = gw
-    async with _client(app, new_key(settings, "analyst", owner="ana")) as analyst:
-        status = await _report(analyst, _today(), sections=["inventory", "integrity"])
+    async with _client(app, new_key(settings, "compliance-officer", owner="ana")) as officer:
+        status = await _report(officer, _today(), sections=["inventory", "integrity"])
         rid = status["id"]
-        doc = (await analyst.get(f"/admin/reports/{rid}.json")).content
-        pdf = (await analyst.get(f"/admin/reports/{rid}.pdf")).content
+        doc = (await officer.get(f"/admin/reports/{rid}.json")).content
+        pdf = (await officer.get(f"/admin/reports/{rid}.pdf")).content
     (tmp_path / "r.json").write_bytes(doc)
     (tmp_path / "r.pdf").write_bytes(pdf)
     config = tmp_path / "gateway.yaml"
@@ -197,13 +197,13 @@ async def test_an_empty_period_gives_a_valid_report_that_says_so(gw) -> None:
     """A period before the ledger began: valid, signed, ``empty`` true, the summary and the PDF say so."""
     app, settings = gw
     old = {"from": (TODAY - timedelta(days=40)).isoformat(), "to": (TODAY - timedelta(days=35)).isoformat()}
-    async with _client(app, new_key(settings, "analyst")) as analyst:
-        status = await _report(analyst, old)
+    async with _client(app, new_key(settings, "compliance-officer")) as officer:
+        status = await _report(officer, old)
         assert status["status"] == "done", status
-        doc = orjson.loads((await analyst.get(f"/admin/reports/{status['id']}.json")).content)
-        pdf = (await analyst.get(f"/admin/reports/{status['id']}.pdf")).content
-        only = await _report(analyst, old, sections=["fairness"])  # without the integrity section too
-        only_doc = orjson.loads((await analyst.get(f"/admin/reports/{only['id']}.json")).content)
+        doc = orjson.loads((await officer.get(f"/admin/reports/{status['id']}.json")).content)
+        pdf = (await officer.get(f"/admin/reports/{status['id']}.pdf")).content
+        only = await _report(officer, old, sections=["fairness"])  # without the integrity section too
+        only_doc = orjson.loads((await officer.get(f"/admin/reports/{only['id']}.json")).content)
     assert check_signature(only_doc)["empty"] is True
     assert check_signature(only_doc)["summary"]["note"] == "The ledger holds no entries in this period."
     jsonschema.validate(doc, SCHEMA)
@@ -225,9 +225,43 @@ async def test_an_empty_period_gives_a_valid_report_that_says_so(gw) -> None:
 async def test_bad_requests_name_the_member(gw, body: dict[str, Any], param: str) -> None:
     """Each malformed request is a 400 naming the offending member, and queues nothing."""
     app, settings = gw
-    async with _client(app, new_key(settings, "analyst")) as analyst:
-        r = await analyst.post("/admin/reports", json=body)
+    async with _client(app, new_key(settings, "compliance-officer")) as officer:
+        r = await officer.post("/admin/reports", json=body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param
-        assert (await analyst.get("/admin/reports")).json()["data"] == []
-        missing = await analyst.get("/admin/reports/" + "0" * 32 + ".pdf")
+        assert (await officer.get("/admin/reports")).json()["data"] == []
+        missing = await officer.get("/admin/reports/" + "0" * 32 + ".pdf")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "report_not_found"
+
+
+async def test_analysts_get_only_the_sections_whose_numbers_are_private(gw) -> None:
+    """Sections with exact figures (the ledger's extent, policy changes, per-group fairness rates) need their own
+    permission: an analyst's report covers inventory and privacy, a section beyond them is 403 (recorded), and a
+    report that holds one cannot be downloaded by an analyst."""
+    app, settings = gw
+    async with _client(app, new_key(settings, "analyst", owner="ana")) as analyst, \
+            _client(app, new_key(settings, "compliance-officer", owner="olivia")) as officer:  # fmt: skip
+        own = await _report(analyst, _today())  # no sections named: the ones an analyst may read
+        assert own["status"] == "done" and own["sections"] == ["inventory", "privacy"]
+        doc = orjson.loads((await analyst.get(f"/admin/reports/{own['id']}.json")).content)
+        assert set(doc["report"]["sections"]) == {"inventory", "privacy"}
+        for section in ("integrity", "fairness", "access_control", "operations"):
+            r = await analyst.post("/admin/reports", json={"period": _today(), "sections": ["inventory", section]})
+            assert r.status_code == 403, r.text
+            assert (
+                r.json()["error"]["message"] == f"permission denied: report on route:/admin/reports/sections/{section}"
+            )
+        full = await _report(officer, _today())
+        assert full["sections"] == ["inventory", "access_control", "privacy", "fairness", "operations", "integrity"]
+        for fmt in ("json", "csv", "pdf"):
+            assert (await analyst.get(f"/admin/reports/{full['id']}.{fmt}")).status_code == 403
+        assert (await analyst.get(f"/admin/reports/{full['id']}")).status_code == 200  # its status: no numbers
+        listed = {r["id"] for r in (await analyst.get("/admin/reports")).json()["data"]}
+        assert listed == {own["id"], full["id"]}
+    store = open_store(settings.ledger_store())
+    try:
+        entries = [json.loads(b) for _, _, b in store.read(settings.ledger.origin)]
+    finally:
+        store.close()
+    denied = {e["data"]["object"] for e in entries if e["kind"] == "authz.decision" and not e["data"]["allowed"]}
+    assert "route:/admin/reports/sections/integrity" in denied
+    assert [e["data"]["id"] for e in entries if e["kind"] == "report.created"] == [own["id"], full["id"]]

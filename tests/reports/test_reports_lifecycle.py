@@ -23,16 +23,16 @@ pytestmark = pytest.mark.triton
 
 
 async def test_a_spent_budget_leaves_tables_unreleased_never_exact(triton, tmp_path: Path) -> None:
-    """At epsilon 1 per table, an analyst's 3.0 covers three of the five tables; the other two say why they
+    """At epsilon 1 per table, a compliance officer's 3.0 covers three of the five tables; the other two say why they
     are missing and hold no number. Asked again, the three come from the cache and the others still fail."""
     settings = make_settings(triton, tmp_path, reports={"epsilon_per_statistic": 1.0})
     app = create_app(settings)
-    async with app.router.lifespan_context(app), _client(app, new_key(settings, "analyst")) as analyst:
+    async with app.router.lifespan_context(app), _client(app, new_key(settings, "compliance-officer")) as officer:
         bodies = []
         for _ in range(2):
-            status = await _report(analyst, _today())
+            status = await _report(officer, _today())
             assert status["status"] == "done", status
-            doc = orjson.loads((await analyst.get(f"/admin/reports/{status['id']}.json")).content)
+            doc = orjson.loads((await officer.get(f"/admin/reports/{status['id']}.json")).content)
             jsonschema.validate(doc, SCHEMA)
             bodies.append(check_signature(doc))
     for body in bodies:
@@ -56,26 +56,26 @@ async def test_a_broken_controls_file_fails_the_report_with_its_reason(triton, t
     (folder / "controls.yaml").write_text(text)
     settings = make_settings(triton, tmp_path, policy={"dir": folder, "watch": False})
     app = create_app(settings)
-    async with app.router.lifespan_context(app), _client(app, new_key(settings, "analyst")) as analyst:
-        status = await _report(analyst, _today())
+    async with app.router.lifespan_context(app), _client(app, new_key(settings, "compliance-officer")) as officer:
+        status = await _report(officer, _today())
         assert status["status"] == "failed" and status["files"] is None
         assert "controls.yaml: controls.0.sections" in status["error"] and "gossip" in status["error"]
-        r = await analyst.get(f"/admin/reports/{status['id']}.pdf")
+        r = await officer.get(f"/admin/reports/{status['id']}.pdf")
         assert r.status_code == 409 and r.json()["error"]["code"] == "report_not_ready"
 
 
 async def test_a_report_the_gateway_stopped_during_is_failed_after_a_restart(triton, tmp_path: Path) -> None:
     """The gateway stops right after accepting a report: started again, it reports it failed (interrupted)."""
     settings = make_settings(triton, tmp_path)
-    key = new_key(settings, "analyst")
+    key = new_key(settings, "compliance-officer")
     app = create_app(settings)
-    async with app.router.lifespan_context(app), _client(app, key) as analyst:
-        r = await analyst.post("/admin/reports", json={"period": _today()})
+    async with app.router.lifespan_context(app), _client(app, key) as officer:
+        r = await officer.post("/admin/reports", json={"period": _today()})
         assert r.status_code == 202 and r.json()["status"] == "pending"
         rid = r.json()["id"]
     app = create_app(settings)
-    async with app.router.lifespan_context(app), _client(app, key) as analyst:
-        status = (await analyst.get(f"/admin/reports/{rid}")).json()
+    async with app.router.lifespan_context(app), _client(app, key) as officer:
+        status = (await officer.get(f"/admin/reports/{rid}")).json()
     assert status["status"] == "failed" and status["error"].startswith("interrupted")
 
 

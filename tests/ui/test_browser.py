@@ -73,7 +73,7 @@ async def test_sign_in_create_and_download_a_report_in_chromium(stack: Any, tmp_
             await page.click("#create")  # the form's defaults: the last 30 days, every section
             await page.wait_for_selector(".notice")
             link = page.locator("a.pdf").first
-            await link.wait_for(timeout=180_000)  # the page refreshes itself every 3 s until the report is done
+            await link.wait_for(timeout=180_000)  # the page refreshes itself every 5 s until the report is done
             async with page.expect_download() as info:
                 await link.click()
             download = await info.value

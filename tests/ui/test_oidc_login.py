@@ -112,6 +112,10 @@ async def test_a_forged_state_or_a_foreign_browser_is_refused(gw: Any) -> None:
         answer = await _at_provider(await _begin(b), "olivia")
         r = await b.get("/admin/ui/callback", params={**answer, "state": "forged"})
         assert r.status_code == 401 and "(state)" in r.text and (await b.get("/admin/ui")).status_code == 303
+        answer = await _at_provider(await _begin(b), "olivia")
+        assert answer["iss"]  # the provider names itself (RFC 9207): an answer naming another is a mix-up
+        r = await b.get("/admin/ui/callback", params={**answer, "iss": "https://evil.example"})
+        assert r.status_code == 401 and "another identity provider (iss)" in r.text
     async with _browser(app) as other:  # the answer arrives at a browser that started no sign-in
         r = await other.get("/admin/ui/callback", params=answer)
         assert r.status_code == 401 and "did not start a sign-in" in r.text

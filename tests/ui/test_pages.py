@@ -75,6 +75,7 @@ async def test_sign_in_with_a_key_then_the_page_shows_each_part(gw) -> None:
         assert r.status_code == 303 and r.headers["location"] == "/admin/ui"
         cookie = r.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=lax" in cookie and "path=/" in cookie
+        assert "max-age" not in cookie and "expires" not in cookie  # a browser-session cookie: gone on close
         page = await b.get("/admin/ui")
         assert page.status_code == 200, page.text
         for part in ('id="ledger"', 'id="policy"', 'id="fairness"', 'id="reports"', 'id="create-report"'):
@@ -124,7 +125,7 @@ async def test_create_and_download_a_report_through_the_page(gw) -> None:
                 "sections": ["inventory", "integrity"]}  # fmt: skip
         r = await b.post("/admin/ui/reports", data=form)
         assert r.status_code == 303, r.text
-        rid = re.search(r"Report\+([0-9a-f]{32})", r.headers["location"]).group(1)  # type: ignore[union-attr]
+        rid = re.search(r"created=([0-9a-f]{32})", r.headers["location"]).group(1)  # type: ignore[union-attr]
         await _wait_done(b, rid)
         pdf = await b.get(f"/admin/ui/reports/{rid}.pdf")
         assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
@@ -192,9 +193,20 @@ async def test_verify_the_ledger_from_the_page(gw) -> None:
         assert "not run since the gateway started" in page
         assert "Your roles do not include the compliance reports." in page  # auditors: no reports
         r = await b.post("/admin/ui/ledger/verify", data={"csrf": _csrf(page)})
-        assert r.status_code == 303 and "The+ledger+verifies" in r.headers["location"]
-        page = (await b.get("/admin/ui")).text
+        assert r.status_code == 303 and r.headers["location"] == "/admin/ui?notice=verified"
+        page = (await b.get(r.headers["location"])).text
         assert re.search(r'<span class="ok">verified</span>: \d+ entries', page), page
+        assert "The ledger verifies." in page
+        first = app.state.gateway.ui.verification
+        await b.post("/admin/ui/ledger/verify", data={"csrf": _csrf(page)})
+        assert app.state.gateway.ui.verification is first  # a result under a minute old is reused
+    async with _browser(app) as b:  # analysts: neither the ledger's sizes nor the policy's status
+        await _sign_in(b, new_key(settings, "analyst"))
+        page = (await b.get("/admin/ui")).text
+        assert "Your roles do not include the ledger's status" in page and "tree size" not in page
+        assert "Your roles do not include the policy's status" in page
+        r = await b.post("/admin/ui/ledger/verify", data={"csrf": _csrf(page)})
+        assert r.status_code == 403 and "route:/admin/reports/sections/integrity" in r.text
 
 
 async def test_a_revoked_key_ends_the_session_and_sign_out_clears_it(gw) -> None:
@@ -215,7 +227,9 @@ async def test_a_revoked_key_ends_the_session_and_sign_out_clears_it(gw) -> None
         finally:
             store.close()
         r = await b.get("/admin/ui")
-        assert r.status_code == 303 and "session+has+ended" in r.headers["location"]
+        assert r.status_code == 303 and r.headers["location"] == "/admin/ui/login?reason=ended"
+        page = await b.get(r.headers["location"])
+        assert "Your session has ended; sign in again." in page.text
 
 
 async def test_the_page_can_be_turned_off(triton, tmp_path: Path) -> None:
@@ -224,3 +238,47 @@ async def test_the_page_can_be_turned_off(triton, tmp_path: Path) -> None:
     async with app.router.lifespan_context(app), _browser(app) as b:
         r = await b.get("/admin/ui")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+async def test_analysts_create_reports_with_their_sections_only(gw) -> None:
+    app, settings = gw
+    async with _browser(app) as b:
+        await _sign_in(b, new_key(settings, "analyst"))
+        page = (await b.get("/admin/ui")).text
+        offered = re.findall(r'name="sections" value="([a-z_]+)"', page)
+        assert offered == ["inventory", "privacy"]
+        form = {"csrf": _csrf(page), "from": TODAY.isoformat(), "to": TODAY.isoformat(),
+                "sections": ["inventory", "integrity"]}  # fmt: skip
+        r = await b.post("/admin/ui/reports", data=form)
+        assert r.status_code == 403 and "route:/admin/reports/sections/integrity" in r.text
+        assert 'id="create-report"' in r.text  # the page again, with the error
+    assert _entries(settings, "report.created") == []
+
+
+async def test_messages_come_from_codes_and_odd_input_is_refused_not_crashed(gw) -> None:
+    app, settings = gw
+    async with _browser(app) as b:
+        page = await b.get("/admin/ui/login", params={"reason": "<b>Call 555-0100 to restore access</b>"})
+        assert page.status_code == 200 and "555-0100" not in page.text  # no text from the URL
+        assert "Your roles do not include this page." in (await b.get("/admin/ui/login?reason=denied")).text
+        await _sign_in(b, new_key(settings, "compliance-officer"))
+        shown = (await b.get("/admin/ui", params={"notice": "Your password expired: see evil.example"})).text
+        assert "evil.example" not in shown
+        r = await b.post("/admin/ui/logout", data={"csrf": "é"})  # non-ASCII: compared as bytes, refused
+        assert r.status_code == 403
+        r = await b.post("/admin/ui/reports", content=b"csrf=\xff\xfe", headers={
+            "content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+        assert r.status_code == 400 and "URL-encoded UTF-8" in r.text
+
+
+async def test_behind_a_proxy_the_public_url_is_the_origin(triton, tmp_path: Path) -> None:
+    """With ui.public_url, forms must come from the browser's origin (the proxy's), not the gateway's own."""
+    settings = make_settings(triton, tmp_path, ui={"public_url": "http://compliance.example"})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), _browser(app) as b:
+        key = new_key(settings, "compliance-officer")
+        r = await b.post("/admin/ui/login", data={"api_key": key}, headers={"origin": "http://gw"})
+        assert r.status_code == 403 and "another site" in r.text
+        r = await b.post("/admin/ui/login", data={"api_key": key}, headers={"origin": "http://compliance.example"})
+        assert r.status_code == 303
+        assert (await b.get("/admin/ui")).status_code == 200
