@@ -352,6 +352,8 @@ class ReportSettings(_Frozen):
     """Ed25519 key (PKCS#8 PEM, mode 0600) that signs reports; default state_dir/reports/report.key."""
     max_days: int = Field(92, ge=1, le=366)
     """Longest period one report covers (no longer than the privacy policy's query.max_days)."""
+    max_queued: int = Field(3, ge=1, le=100)
+    """Reports one caller may have pending or running at once; beyond it, 429 ``too_many_reports``."""
 
 
 class OIDCLoginSettings(_Frozen):

@@ -26,7 +26,7 @@ import orjson
 import gateway
 from gateway.audit import AuditSink
 from gateway.db import Database, beside_ledger
-from gateway.errors import ConfigError, GatewayError, InvalidRequest
+from gateway.errors import ConfigError, GatewayError, InvalidRequest, RateLimited
 from gateway.fairness.store import FairnessStore
 from gateway.identity.principal import Principal
 from gateway.reports.collect import FORMAT, Release, Sources, collect
@@ -157,6 +157,10 @@ class ReportService:
     async def create(self, principal: Principal, roles: frozenset[str], body: Any) -> dict[str, Any]:
         """Queue a report; its status row. The job runs in the background (``release`` binds the requester)."""
         req = ReportRequest.parse(body, self.settings.reports.max_days, datetime.now(UTC).date())
+        queued = await asyncio.to_thread(self._queued, principal.subject)
+        if queued >= self.settings.reports.max_queued:
+            raise RateLimited(f"you have {queued} reports queued or running (reports.max_queued); ask again when "
+                              "one is done", retry_after_s=10, code="too_many_reports")  # fmt: skip
         rid = uuid.uuid4().hex
         row = (rid, "pending", req.start.isoformat(), req.end.isoformat(), ",".join(req.sections), principal.subject,
                self._origin, time.time(), "queued")  # fmt: skip
@@ -177,6 +181,12 @@ class ReportService:
             return await path(principal, roles, params)
 
         return release
+
+    def _queued(self, subject: str) -> int:
+        with self._db.reading():
+            (n,) = self._db.execute("SELECT count(*) FROM reports WHERE requested_by = ? AND status IN "
+                                    "('pending', 'running')", (subject,)).fetchone()  # fmt: skip
+        return int(n)
 
     def _insert(self, row: tuple[Any, ...]) -> None:
         with self._db.transaction():

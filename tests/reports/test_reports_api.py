@@ -265,3 +265,21 @@ async def test_analysts_get_only_the_sections_whose_numbers_are_private(gw) -> N
     denied = {e["data"]["object"] for e in entries if e["kind"] == "authz.decision" and not e["data"]["allowed"]}
     assert "route:/admin/reports/sections/integrity" in denied
     assert [e["data"]["id"] for e in entries if e["kind"] == "report.created"] == [own["id"], full["id"]]
+
+
+async def test_a_caller_queues_a_bounded_number_of_reports(triton, tmp_path: Path) -> None:
+    settings = make_settings(triton, tmp_path, reports={"max_queued": 1})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), _client(app, new_key(settings, "compliance-officer")) as officer:
+        first = await officer.post("/admin/reports", json={"period": _today(), "sections": ["inventory"]})
+        assert first.status_code == 202
+        second = await officer.post("/admin/reports", json={"period": _today(), "sections": ["inventory"]})
+        assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_reports"
+        assert int(second.headers["retry-after"]) > 0
+        for _ in range(2400):  # once the first is done, the caller may ask again
+            if (await officer.get(f"/admin/reports/{first.json()['id']}")).json()["status"] == "done":
+                break
+            await asyncio.sleep(0.05)
+        assert (
+            await officer.post("/admin/reports", json={"period": _today(), "sections": ["inventory"]})
+        ).status_code == 202
