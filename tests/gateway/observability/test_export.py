@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ from gateway.cli import main
 from gateway.observability.export import rules_file
 from tests.conftest import POLICIES
 
-promtool = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool is not installed (Debian: prometheus)")
+# on PATH, or where scripts/bootstrap unpacks it: beside the venv's python
+promtool = shutil.which("promtool") or shutil.which("promtool", path=str(Path(sys.executable).parent))
+needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool is not installed (scripts/bootstrap unpacks "
+                                                             "it from Debian's prometheus package)")  # fmt: skip
 
 
 def _export(tmp_path: Path) -> Path:
