@@ -2,9 +2,10 @@
 
 ``OIDCLogin.begin`` makes the provider's authorization URL and the transaction a browser must bring back
 (state, nonce and code verifier, kept by the caller in a short-lived cookie). ``OIDCLogin.finish`` checks the
-state, exchanges the code (authlib's OAuth 2 client over httpx), and verifies the ID token (joserfc, against the
-provider's JWKS): its issuer, audience (our client id), expiry and nonce. What it returns is the provider's access
-token, which the gateway then verifies like any API bearer token (``gateway.identity.jwt``): a browser session has
+state and the answer's issuer (RFC 9207), exchanges the code (authlib's OAuth 2 client over httpx2, the HTTP
+client authlib is built on), and verifies the ID token (joserfc, against the provider's JWKS): its issuer,
+audience and authorized party (our client id), expiry and nonce. What it returns is the provider's access token,
+which the gateway then verifies like any API bearer token (``gateway.identity.jwt``): a browser session has
 exactly the identity and the roles an API call with that token would have.
 
 The provider's discovery document and keys are read on first use and kept; keys are read again when an ID token
@@ -22,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 import orjson
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -83,7 +84,7 @@ class OIDCLogin:
         verify: ssl.SSLContext | bool = True
         if cfg.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(cfg.ca_file))
-        self._http = httpx.AsyncClient(trust_env=False, verify=verify, timeout=cfg.timeout_s)
+        self._http = httpx2.AsyncClient(trust_env=False, verify=verify, timeout=cfg.timeout_s)
         self._verify = verify
         self._meta: dict[str, Any] | None = None
         self._keys: KeySet | None = None
@@ -98,7 +99,7 @@ class OIDCLogin:
             resp = await self._http.get(url, headers={"accept": "application/json"})
             resp.raise_for_status()
             return resp.json()
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx2.HTTPError, ValueError) as exc:
             log.warning("the identity provider's %s at %s cannot be read: %r", what, url, exc)
             raise LoginError(f"the identity provider's {what} cannot be read; try again later") from None
 
@@ -167,7 +168,7 @@ class OIDCLogin:
             except AuthlibBaseError as exc:  # the provider's OAuth error answer
                 raise LoginError(f"the identity provider refused the code: {exc.error}: "
                                  f"{exc.description or ''}".rstrip(": ")) from None  # fmt: skip
-            except Exception as exc:  # the transport's errors (authlib uses httpx or httpx2), an answer not JSON
+            except (httpx2.HTTPError, ValueError) as exc:  # the transport's errors, an answer that is not JSON
                 log.warning("the identity provider's token endpoint failed: %r", exc)
                 raise LoginError("the identity provider's token endpoint did not answer; try again later") from None
         id_token, access_token = token.get("id_token"), token.get("access_token")
