@@ -87,6 +87,10 @@ class Security:
         request.scope[PRINCIPAL] = principal
         return principal
 
+    def role_names(self, principal: Principal) -> frozenset[str]:
+        """The caller's roles through the policy's hierarchy, by name (``analyst``, not ``role:analyst``)."""
+        return frozenset(r.removeprefix("role:") for r in self.policy.engine.roles(principal))
+
     def allowed(self, principal: Principal, model: str, act: str) -> bool:
         return self.policy.engine.decide(principal, f"model:{model}", act).allowed
 

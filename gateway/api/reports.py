@@ -18,6 +18,7 @@ differentially private numbers. Without ``sections``, a report covers the sectio
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -63,12 +64,16 @@ async def checked_request(gw: Gateway, principal: Principal, body: object) -> ob
     return body
 
 
+async def create(gw: Gateway, principal: Principal, body: object) -> dict[str, Any]:
+    """Queue a report for ``principal`` (the API's and the page's way): sections authorized, then 202's status."""
+    body = await checked_request(gw, principal, body)
+    return await gw.reports.create(principal, gw.security.role_names(principal), body)
+
+
 async def create_report(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     principal: Principal = request.scope[PRINCIPAL]
-    body = await checked_request(gw, principal, await read_json(request, _MAX_BODY))  # 415, 413, 400, 403
-    roles = frozenset(r.removeprefix("role:") for r in gw.security.policy.engine.roles(principal))
-    status = await gw.reports.create(principal, roles, body)
+    status = await create(gw, principal, await read_json(request, _MAX_BODY))  # 415, 413, 400, 403
     return json_response(status, status=202, headers={"location": f"/admin/reports/{status['id']}"})
 
 

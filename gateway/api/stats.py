@@ -28,7 +28,7 @@ def public_keys(settings: Settings, engine: PolicyEngine) -> PublicKeys:
 async def stats(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     principal: Principal = request.scope[PRINCIPAL]
-    roles = frozenset(r.removeprefix("role:") for r in gw.security.policy.engine.roles(principal))
+    roles = gw.security.role_names(principal)
     items = request.query_params.multi_items()
     params = dict(items)
     if len(params) != len(items):

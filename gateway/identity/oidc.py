@@ -27,6 +27,8 @@ import httpx2
 import orjson
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwk import KeySet
@@ -127,7 +129,6 @@ class OIDCLogin:
             token_endpoint_auth_method="client_secret_basic" if secret is not None else "none",
             scope=" ".join(self._cfg.scopes),
             redirect_uri=redirect_uri,
-            code_challenge_method="S256",
             trust_env=False,
             verify=self._verify,
             timeout=self._cfg.timeout_s,
@@ -138,12 +139,12 @@ class OIDCLogin:
         meta = await self.metadata()
         tx = Transaction(secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48),
                          redirect_uri, time.time())  # fmt: skip
-        extra = {"nonce": tx.nonce}
+        extra = {"nonce": tx.nonce, "code_challenge": create_s256_code_challenge(tx.verifier),
+                 "code_challenge_method": "S256"}  # fmt: skip
         if self._cfg.audience is not None:
             extra |= {"audience": self._cfg.audience, "resource": self._cfg.audience}
-        async with self._client(redirect_uri) as client:
-            url, _ = client.create_authorization_url(meta["authorization_endpoint"], state=tx.state,
-                                                     code_verifier=tx.verifier, **extra)  # fmt: skip
+        url = prepare_grant_uri(meta["authorization_endpoint"], self._cfg.client_id, "code", redirect_uri=redirect_uri,
+                                scope=" ".join(self._cfg.scopes), state=tx.state, **extra)  # fmt: skip
         return url, tx
 
     async def finish(self, tx: Transaction, params: dict[str, str]) -> SignedIn:
