@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.fairness.probeset import _GROUP, NAME, Schedule, Statistics, _Strict
+from gateway.fairness.probeset import _GROUP, NAME, ParityThresholds, Schedule, Statistics, _Strict
 from gateway.fairness.readers import Label, Number, YesNo
 from gateway.fairness.schedule import every_seconds
 
@@ -92,11 +92,7 @@ class Attribute(_Strict):
         return self
 
 
-class OutcomeThresholds(_Strict):
-    max_parity_difference: float = Field(0.1, ge=0, le=1)
-    """Largest acceptable gap between the highest and the lowest group selection rate."""
-    min_parity_ratio: float = Field(0.8, ge=0, le=1)
-    """Smallest acceptable lowest / highest selection rate (0.8: the four-fifths rule)."""
+class OutcomeThresholds(ParityThresholds):
     max_equal_opportunity_difference: float = Field(0.1, ge=0, le=1)
     """Largest acceptable gap between group true-positive rates."""
     max_equalized_odds_difference: float = Field(0.1, ge=0, le=1)

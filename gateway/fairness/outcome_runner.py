@@ -29,12 +29,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.audit import AuditSink
-from gateway.errors import GatewayError
 from gateway.fairness._compute import Cells, OutcomeComputed, compute_outcomes, worker_pool
 from gateway.fairness.decisions import DecisionAuditFile
 from gateway.fairness.report import GroupCoverage, OutcomeAuditReport
 from gateway.fairness.results import Estimate
-from gateway.fairness.runner import SUBJECT, _why
+from gateway.fairness.runner import SUBJECT, aborted_on_failure
 from gateway.fairness.schedule import every_seconds
 from gateway.fairness.store import Cell, FairnessStore
 from gateway.fairness.verdict import judge_outcomes, overall
@@ -119,13 +118,9 @@ class _Run:
             "policy_version": self.services.policy_version, "requested_by": self.requested_by,
         }  # fmt: skip
         await ledger.commit("fairness.started", SUBJECT, {**described, "kind": "outcome"})
-        try:
+        with aborted_on_failure(ledger, audit_id):
             report = await self._judge(pool, cells, recorded, described)
             seq = await ledger.commit("fairness.audit", SUBJECT, report.ledger_data())
-        except BaseException as exc:
-            with contextlib.suppress(GatewayError):
-                ledger.record("fairness.aborted", SUBJECT, {"audit_id": audit_id, "reason": _why(exc)})
-            raise
         return replace(report, seq=seq)
 
     async def _judge(self, pool: Executor, cells: list[Cell], recorded: dict[str, int],

@@ -145,11 +145,16 @@ class Sampling(_Strict):
     their sampling noise (where the backend honours seeds)."""
 
 
-class Thresholds(_Strict):
+class ParityThresholds(_Strict):
+    """The demographic parity thresholds, which probe and outcome audits share."""
+
     max_parity_difference: float = Field(0.1, ge=0, le=1)
     """Largest acceptable gap between the highest and the lowest group selection rate."""
     min_parity_ratio: float = Field(0.8, ge=0, le=1)
     """Smallest acceptable lowest / highest selection rate (0.8: the four-fifths rule)."""
+
+
+class Thresholds(ParityThresholds):
     max_flip_rate: float = Field(0.1, ge=0, le=1)
     """Largest acceptable share of counterfactual pairs whose typical answers differ."""
     min_probes: int = Field(30, ge=1, le=100_000)

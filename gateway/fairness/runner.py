@@ -15,11 +15,12 @@ import contextlib
 import functools
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any
 
+from gateway.audit import AuditSink
 from gateway.errors import GatewayError, PermissionDenied
 from gateway.fairness._compute import Computed, Records, compute, worker_pool
 from gateway.fairness.plan import Variant, expand
@@ -89,7 +90,7 @@ async def run_audit(
         SUBJECT,
         {**described, "requests": len(variants), "attributes": sorted({v.attribute for v in variants})},
     )
-    try:
+    with aborted_on_failure(audit, audit_id):
         run = Run(services, probes, model, audit_id)
         answers = await ask_all(run, variants, min(concurrency, max(1, len(variants))), progress)
         async with contextlib.AsyncExitStack() as stack:
@@ -108,11 +109,19 @@ async def run_audit(
             statistics={"confidence": stats.confidence, "resamples": stats.resamples, "seed": _seed(entry.digest)},
         )
         seq = await audit.commit("fairness.audit", SUBJECT, result.ledger_data())
+    return replace(result, seq=seq)
+
+
+@contextlib.contextmanager
+def aborted_on_failure(audit: AuditSink, audit_id: str) -> Iterator[None]:
+    """An audit that does not finish (an error, a cancellation) is a ``fairness.aborted`` entry saying why, when
+    the ledger can still write; the error goes on."""
+    try:
+        yield
     except BaseException as exc:
         with contextlib.suppress(GatewayError):
             audit.record("fairness.aborted", SUBJECT, {"audit_id": audit_id, "reason": _why(exc)})
         raise
-    return replace(result, seq=seq)
 
 
 def _why(exc: BaseException) -> str:
