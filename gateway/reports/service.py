@@ -29,6 +29,7 @@ from gateway.db import Database, beside_ledger
 from gateway.errors import ConfigError, GatewayError, InvalidRequest, RateLimited
 from gateway.fairness.store import FairnessStore
 from gateway.identity.principal import Principal
+from gateway.observability.tracing import with_trace_id
 from gateway.reports.collect import FORMAT, Release, Sources, collect
 from gateway.reports.controls import SECTIONS, ControlsError, load_controls
 from gateway.reports.render_csv import render_csv
@@ -159,6 +160,8 @@ class ReportService:
         req = ReportRequest.parse(body, self.settings.reports.max_days, datetime.now(UTC).date())
         queued = await asyncio.to_thread(self._queued, principal.subject)
         if queued >= self.settings.reports.max_queued:
+            await self._audit.commit("report.refused", principal.subject, with_trace_id(
+                {"reason": "too_many_reports", "queued": queued}))  # fmt: skip
             raise RateLimited(f"you have {queued} reports queued or running (reports.max_queued); ask again when "
                               "one is done", retry_after_s=10, code="too_many_reports")  # fmt: skip
         rid = uuid.uuid4().hex

@@ -276,6 +276,12 @@ async def test_a_caller_queues_a_bounded_number_of_reports(triton, tmp_path: Pat
         second = await officer.post("/admin/reports", json={"period": _today(), "sections": ["inventory"]})
         assert second.status_code == 429 and second.json()["error"]["code"] == "too_many_reports"
         assert int(second.headers["retry-after"]) > 0
+        store = open_store(settings.ledger_store())
+        try:  # the refusal is on the record, durable before the 429
+            refused = [json.loads(b) for _, _, b in store.read(settings.ledger.origin)]
+        finally:
+            store.close()
+        assert [e["data"]["reason"] for e in refused if e["kind"] == "report.refused"] == ["too_many_reports"]
         for _ in range(2400):  # once the first is done, the caller may ask again
             if (await officer.get(f"/admin/reports/{first.json()['id']}")).json()["status"] == "done":
                 break
