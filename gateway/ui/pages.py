@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.datastructures import Headers
@@ -131,7 +131,7 @@ def _may(gw: Gateway, principal: Principal, obj: str) -> bool:
 async def _form(request: Request, current: session.Session | None) -> dict[str, list[str]]:
     """A posted form (urlencoded), from this origin, with the session's CSRF token when signed in."""
     if not session.same_origin(request, _site(request)):
-        raise PermissionDenied("this form was posted from another site")
+        await _refuse(request, "origin", "this form was posted from another site")
     raw = await read_body(request, _FORM_LIMIT, lambda m: m == "application/x-www-form-urlencoded",
                           "application/x-www-form-urlencoded", f"the form exceeds {_FORM_LIMIT} bytes")  # fmt: skip
     try:
@@ -142,8 +142,17 @@ async def _form(request: Request, current: session.Session | None) -> dict[str, 
     for key, value in pairs:
         fields.setdefault(key, []).append(value)
     if current is not None and not current.csrf_ok(_one(fields, "csrf")):
-        raise PermissionDenied("this form is stale or was not made by this page (CSRF token); reload the page")
+        await _refuse(request, "csrf", "this form is stale or was not made by this page (CSRF token); reload the page")
     return fields
+
+
+async def _refuse(request: Request, reason: str, message: str) -> NoReturn:
+    """Refuse a form that this page may not have made: a durable ``ui.refused`` entry, then 403."""
+    gw, _ = _gw(request)
+    principal: Principal | None = request.scope.get(PRINCIPAL)
+    await gw.audit.commit("ui.refused", principal.subject if principal else "anonymous",
+                          with_trace_id({"path": request.url.path, "reason": reason}))  # fmt: skip
+    raise PermissionDenied(message)
 
 
 def _one(fields: dict[str, list[str]], name: str) -> str:

@@ -161,6 +161,9 @@ async def test_forms_need_the_csrf_token_and_this_origin(gw) -> None:
         assert r.status_code == 415
         assert "No report yet." in (await b.get("/admin/ui")).text  # nothing was created
     assert _entries(settings, "report.created") == []
+    refused = _entries(settings, "ui.refused")  # each refused form is on the record, durable before the 403
+    assert [e["reason"] for e in refused] == ["csrf", "csrf", "origin", "csrf"]
+    assert refused[0]["actor"].startswith("apikey:") and refused[0]["path"] == "/admin/ui/reports"
 
 
 async def test_bad_form_input_is_shown_on_the_page_and_nothing_is_created(gw) -> None:
